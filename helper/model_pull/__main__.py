@@ -1,0 +1,3 @@
+from model_pull.cli import main
+
+main()
