@@ -1,17 +1,116 @@
-"""Command-line interface: click commands only; the work happens in the modules they call."""
+"""Command-line interface: click commands only; the work happens in the modules they call.
+
+Data goes to stdout (one JSON object with --json), hints and warnings to stderr.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+from pathlib import Path
+from typing import Any
 
 import click
 
 from model_pull import __version__
 from model_pull.errors import ExitCode, ModelPullError
+from model_pull.layouts import Layout
 
 logger = logging.getLogger("model_pull")
+
+
+def _root_option(f: Any) -> Any:
+    return click.option(
+        "--root", type=click.Path(path_type=Path), default=None,
+        help="State root (default: $MODEL_PULL_ROOT or /var/lib/inference).",
+    )(f)
+
+
+def _json_option(f: Any) -> Any:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(f)
+
+
+def _state(root: Path | None) -> Any:
+    from model_pull.store import StateRoot, default_root
+
+    return StateRoot(root or default_root())
+
+
+def _emit(data: dict[str, Any]) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _pull_options(f: Any) -> Any:
+    opts = [
+        click.option("--include", multiple=True, help="Glob of files to take (repeatable)."),
+        click.option("--exclude", multiple=True, help="Glob of files to skip (repeatable)."),
+        click.option("--layout", type=click.Choice([lay.value for lay in Layout]),
+                     default=Layout.DUAL.value, show_default=True),
+        click.option("--name", default=None, help="Model name (default: the repo's name)."),
+        click.option("--triton-name", default=None, help="Triton model directory name."),
+        click.option("--vllm-arg", "vllm_args", multiple=True, metavar="KEY=VALUE",
+                     help="vLLM engine argument for model-defaults.json (repeatable)."),
+        click.option("--patch-tokenizer", is_flag=True,
+                     help="TokenizersBackend -> PreTrainedTokenizerFast (SGLang 0.5.x)."),
+        click.option("--nar-hash", "expect_nar", default=None,
+                     help="Refuse anything whose content hash is not this (SRI)."),
+        click.option("--no-wait", is_flag=True, help="Fail instead of waiting for another pull."),
+        click.option("--store", "store_mode", type=click.Choice(["state", "nix"]),
+                     default="state", show_default=True,
+                     help="'nix' also imports the entry into the Nix store with a GC root."),
+        click.option("--nix-store", "nix_store_uri", default=None, envvar="MODEL_PULL_NIX_STORE",
+                     help="Another Nix store (e.g. a chroot store directory) for --store nix."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _options(include: tuple[str, ...], exclude: tuple[str, ...], layout: str, name: str | None,
+             triton_name: str | None, vllm_args: tuple[str, ...], patch_tokenizer: bool,
+             expect_nar: str | None) -> Any:
+    from model_pull.layouts import parse_engine_args
+    from model_pull.pull import Options
+
+    return Options(layout=Layout(layout), name=name, include=include, exclude=exclude,
+                   triton_name=triton_name, engine_defaults=parse_engine_args(vllm_args),
+                   patch_tokenizer=patch_tokenizer, expect_nar=expect_nar)
+
+
+def _report(installed: Any, as_json: bool, store_path: str | None) -> None:
+    data = installed.to_json()
+    if store_path:
+        data["nixStorePath"] = store_path
+    if as_json:
+        _emit(data)
+        return
+    size = sum(f["size"] for f in installed.files)
+    state = "installed" if installed.changed else "up to date"
+    click.echo(f"{installed.name}: {state}")
+    click.echo(f"  entry     {installed.entry.path}")
+    click.echo(f"  narHash   {installed.nar_hash}")
+    click.echo(f"  revision  {installed.revision}  ({installed.repo}, layout {installed.layout}, "
+               f"{len(installed.files)} files, {_human_size(size)})")
+    if store_path:
+        click.echo(f"  nix store {store_path}")
+
+
+def _nix_import(installed: Any, root: Any, mode: str, uri: str | None) -> str | None:
+    if mode != "nix":
+        return None
+    from model_pull.nix import add_entry
+
+    return add_entry(installed.entry, store_uri=uri, gc_root=root.path / "gcroots" / installed.name)
 
 
 @click.group(invoke_without_command=True)
@@ -30,6 +129,179 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     )
     if ctx.invoked_subcommand is None:
         raise ModelPullError(ExitCode.ERROR, "manifest-driven pull is not implemented yet")
+
+
+@cli.command()
+@click.argument("repo")
+@click.option("--revision", default="main", show_default=True, help="Branch, tag or commit.")
+@click.option("--token-file", type=click.Path(path_type=Path), default=None,
+              help="File holding the HF token (else $HF_TOKEN).")
+@_pull_options
+@_root_option
+@_json_option
+def fetch(repo: str, revision: str, token_file: Path | None, root: Path | None,
+          as_json: bool, no_wait: bool, store_mode: str, nix_store_uri: str | None,
+          **opts: Any) -> None:
+    """Download REPO at a pinned revision, verify, package and install it."""
+    from model_pull import hub, pull
+    from model_pull.progress import Progress
+
+    state = _state(root)
+    remote = hub.Remote(token=hub.read_token(token_file))
+    installed = pull.fetch(repo, revision, _options(**opts), state, remote,
+                           progress=Progress(not as_json), wait=not no_wait)
+    _report(installed, as_json, _nix_import(installed, state, store_mode, nix_store_uri))
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("--repo", default=None, help="Repo id (default: from an HF cache tree's name).")
+@click.option("--revision", default=None, help="The 40-hex commit the files are from.")
+@_pull_options
+@_root_option
+@_json_option
+def package(src: Path, repo: str | None, revision: str | None, root: Path | None,
+            as_json: bool, no_wait: bool, store_mode: str, nix_store_uri: str | None,
+            **opts: Any) -> None:
+    """Package weights already on disk (a directory or an HF cache models--org--name tree)."""
+    from model_pull import pull
+    from model_pull.progress import Progress
+
+    state = _state(root)
+    installed = pull.package(src, _options(**opts), state, repo=repo, revision=revision,
+                             progress=Progress(not as_json), wait=not no_wait)
+    _report(installed, as_json, _nix_import(installed, state, store_mode, nix_store_uri))
+
+
+@cli.command()
+@click.argument("repo")
+@click.option("--revision", default="main", show_default=True)
+@click.option("--token-file", type=click.Path(path_type=Path), default=None)
+@_pull_options
+@_root_option
+def prefetch(repo: str, revision: str, token_file: Path | None, root: Path | None,
+             no_wait: bool, store_mode: str, nix_store_uri: str | None, **opts: Any) -> None:
+    """Fetch, then print a Nix attribute set that pins it (like nix-prefetch-url)."""
+    from model_pull import hub, pull
+    from model_pull.progress import Progress
+
+    state = _state(root)
+    options = _options(**opts)
+    installed = pull.fetch(repo, revision, options, state, hub.Remote(token=hub.read_token(
+        token_file)), progress=Progress(True), wait=not no_wait)
+    _nix_import(installed, state, store_mode, nix_store_uri)
+    lines = [f'  repo = "{installed.repo}";', f'  revision = "{installed.revision}";',
+             f'  layout = "{installed.layout}";']
+    if options.include:
+        lines.append("  include = [ " + " ".join(f'"{p}"' for p in options.include) + " ];")
+    lines.append(f'  narHash = "{installed.nar_hash}";')
+    click.echo("{\n" + "\n".join(lines) + "\n}")
+
+
+@cli.command("hash")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", default=None, help="Store name (default: the path's basename).")
+@_json_option
+def hash_cmd(path: Path, name: str | None, as_json: bool) -> None:
+    """The NAR hash of PATH (= `nix hash path`) and the store path `nix-store --add` gives it."""
+    from model_pull.hashing import NIX_STORE_DIR, nar_hash, store_basename
+
+    nar = nar_hash(path)
+    store_name = name or path.resolve().name
+    try:
+        store_path = f"{NIX_STORE_DIR}/{store_basename(nar.digest, store_name)}"
+    except ValueError as exc:
+        raise ModelPullError(ExitCode.BAD_INPUT, str(exc), hint="pass --name") from exc
+    if as_json:
+        _emit({"path": str(path), "narHash": nar.sri, "narSize": nar.size,
+               "storePath": store_path})
+    else:
+        click.echo(nar.sri)
+        click.echo(store_path)
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@_root_option
+@_json_option
+def verify(names: tuple[str, ...], root: Path | None, as_json: bool) -> None:
+    """Re-hash installed entries: every byte must still match its content address."""
+    from model_pull.verify import verify_entries
+
+    results = verify_entries(_state(root), list(names))
+    if as_json:
+        _emit({"entries": [r.to_json() for r in results]})
+    else:
+        for r in results:
+            click.echo(f"{r.name}: {'ok' if r.ok else 'CORRUPT'}  {r.entry}")
+            for problem in r.problems:
+                click.echo(f"  {problem}")
+    bad = [r for r in results if not r.ok]
+    if bad:
+        raise ModelPullError(ExitCode.VERIFY_FAILED,
+                             f"{len(bad)} entr{'y' if len(bad) == 1 else 'ies'} corrupted: "
+                             + ", ".join(r.name for r in bad),
+                             hint="pull again (the store entry is replaced) and run gc")
+
+
+@cli.command("list")
+@_root_option
+@_json_option
+def list_cmd(root: Path | None, as_json: bool) -> None:
+    """Installed models and their current entries."""
+    state = _state(root)
+    rows = []
+    for name in state.names():
+        entry = state.current(name)
+        rec = state.last_record(name) or {}
+        manifest = entry.manifest() if entry else {}
+        rows.append({
+            "name": name, "path": str(entry.path) if entry else None,
+            "repo": manifest.get("repo"), "revision": manifest.get("revision"),
+            "layout": manifest.get("layout"),
+            "narHash": rec.get("narHash") if entry and rec.get("entry") == entry.basename
+            else None,
+            "size": sum(f.get("size", 0) for f in manifest.get("files", [])),
+            "previous": state.history(name)[-1:] or None,
+        })
+    if as_json:
+        _emit({"models": rows})
+        return
+    for row in rows:
+        click.echo(f"{row['name']}\t{row['repo']}@{(row['revision'] or '?')[:12]}\t"
+                   f"{row['layout']}\t{_human_size(row['size'])}\t{row['path']}")
+
+
+@cli.command()
+@click.option("--keep", default=0, show_default=True,
+              help="Also keep the last N previous entries of each model (for rollback).")
+@_root_option
+@_json_option
+def gc(keep: int, root: Path | None, as_json: bool) -> None:
+    """Remove entries no model points at, and download debris."""
+    state = _state(root)
+    with state.lock(wait=True):
+        removed = state.gc(keep)
+    if as_json:
+        _emit({"removed": [str(p) for p in removed]})
+    else:
+        for p in removed:
+            click.echo(f"removed {p}")
+
+
+@cli.command()
+@click.argument("name")
+@_root_option
+@_json_option
+def rollback(name: str, root: Path | None, as_json: bool) -> None:
+    """Point models/NAME back at its previous entry."""
+    state = _state(root)
+    with state.lock(wait=True):
+        before, after = state.rollback(name)
+    if as_json:
+        _emit({"name": name, "from": str(before.path), "to": str(after.path)})
+    else:
+        click.echo(f"{name}: {before.basename} -> {after.basename}")
 
 
 def main() -> None:

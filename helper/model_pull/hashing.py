@@ -1,0 +1,221 @@
+"""Content hashes: SHA-256, git blob SHA-1, the NAR serialisation and Nix store names.
+
+`nar_hash(path)` equals `nix hash path PATH` (SHA-256 of the Nix ARchive of PATH), and
+`store_name(nar, name)` equals the basename `nix-store --add PATH` gives (a recursive, sha256
+fixed-output import: `makeFixedOutputPath` -> `makeStorePath("source", hash, name)`).
+
+The NAR walk streams every regular file once; callers that also need per-file hashes (to verify
+downloads against the Hub's listing) pass `on_file` and get those in the same read.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import stat
+import struct
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+NIX_STORE_DIR = "/nix/store"
+NIX32_ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
+STORE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-._?=")
+CHUNK = 4 << 20  # large reads: hashlib releases the GIL on them
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """The git object id of a blob (what the Hub lists as `oid` for non-LFS files)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def git_blob_hasher(size: int) -> hashlib._Hash:
+    h = hashlib.sha1(usedforsecurity=False)
+    h.update(b"blob %d\0" % size)
+    return h
+
+
+def nix32(digest: bytes) -> str:
+    """Nix's base-32 encoding (least significant 5-bit group first, own alphabet)."""
+    n_chars = (len(digest) * 8 - 1) // 5 + 1
+    out = []
+    for n in range(n_chars - 1, -1, -1):
+        b = n * 5
+        i, j = divmod(b, 8)
+        c = digest[i] >> j
+        if i + 1 < len(digest):
+            c |= digest[i + 1] << (8 - j)
+        out.append(NIX32_ALPHABET[c & 0x1F])
+    return "".join(out)
+
+
+def sri(digest: bytes) -> str:
+    return "sha256-" + base64.b64encode(digest).decode()
+
+
+def sri_to_digest(value: str) -> bytes:
+    algo, _, b64 = value.partition("-")
+    if algo != "sha256" or not b64:
+        raise ValueError(f"not a sha256 SRI hash: {value!r}")
+    digest = base64.b64decode(b64, validate=True)
+    if len(digest) != 32:
+        raise ValueError(f"not a sha256 SRI hash: {value!r}")
+    return digest
+
+
+def _compress(digest: bytes, size: int) -> bytes:
+    out = bytearray(size)
+    for i, byte in enumerate(digest):
+        out[i % size] ^= byte
+    return bytes(out)
+
+
+def valid_store_name(name: str) -> bool:
+    return (
+        0 < len(name) <= 211
+        and not name.startswith(".")
+        and all(c in STORE_NAME_CHARS for c in name)
+    )
+
+
+def store_basename(nar_digest: bytes, name: str) -> str:
+    """`<hash>-<name>`: the basename of `nix-store --add` for a directory with this NAR hash."""
+    if not valid_store_name(name):
+        raise ValueError(f"invalid Nix store name: {name!r}")
+    fingerprint = f"source:sha256:{nar_digest.hex()}:{NIX_STORE_DIR}:{name}"
+    inner = hashlib.sha256(fingerprint.encode()).digest()
+    return f"{nix32(_compress(inner, 20))}-{name}"
+
+
+# --- NAR serialisation -------------------------------------------------------------------
+
+
+def _str(s: bytes) -> bytes:
+    pad = (8 - len(s) % 8) % 8
+    return struct.pack("<Q", len(s)) + s + b"\0" * pad
+
+
+_MAGIC = _str(b"nix-archive-1")
+_OPEN, _CLOSE = _str(b"("), _str(b")")
+_TYPE = _str(b"type")
+_REGULAR, _SYMLINK, _DIRECTORY = _str(b"regular"), _str(b"symlink"), _str(b"directory")
+_EXECUTABLE, _EMPTY, _CONTENTS = _str(b"executable"), _str(b""), _str(b"contents")
+_TARGET, _ENTRY, _NAME, _NODE = _str(b"target"), _str(b"entry"), _str(b"name"), _str(b"node")
+
+# Called for each regular file with its path relative to the root ("" for a root file) and size;
+# returns the hashers that should see its bytes too (or none).
+OnFile = Callable[[str, int], list[Hasher]]
+
+
+@dataclass(frozen=True)
+class NarResult:
+    digest: bytes
+    size: int  # bytes of NAR
+
+    @property
+    def sri(self) -> str:
+        return sri(self.digest)
+
+
+class _Sink:
+    """Feeds the NAR hash; file contents go to extra hashers on a second thread in parallel."""
+
+    def __init__(self, pool: ThreadPoolExecutor | None) -> None:
+        self.h = hashlib.sha256()
+        self.size = 0
+        self.pool = pool
+
+    def meta(self, data: bytes) -> None:
+        self.h.update(data)
+        self.size += len(data)
+
+    def contents(self, path: Path, size: int, extra: list[Hasher]) -> None:
+        self.meta(struct.pack("<Q", size))
+        got = 0
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        alt = bytearray(CHUNK)
+        alt_view = memoryview(alt)
+        pending: Future[None] | None = None
+        with path.open("rb", buffering=0) as f:
+            while True:
+                n = f.readinto(buf)
+                if not n:
+                    break
+                chunk = view[:n]
+                if extra and self.pool is not None:
+                    # Hash the chunk for the NAR here and for the file on the pool, in parallel;
+                    # the next read goes into the other buffer.
+                    if pending is not None:
+                        pending.result()
+                    pending = self.pool.submit(_update_all, extra, chunk)
+                    self.h.update(chunk)
+                    buf, alt = alt, buf
+                    view, alt_view = alt_view, view
+                else:
+                    self.h.update(chunk)
+                    for e in extra:
+                        e.update(chunk)
+                got += n
+        if pending is not None:
+            pending.result()
+        if got != size:
+            raise OSError(f"{path} changed size while hashing ({size} -> {got} bytes)")
+        self.size += got
+        pad = (8 - got % 8) % 8
+        if pad:
+            self.meta(b"\0" * pad)
+
+
+def _update_all(hashers: list[Hasher], chunk: memoryview) -> None:
+    for h in hashers:
+        h.update(chunk)
+
+
+def _walk(sink: _Sink, path: Path, rel: str, on_file: OnFile | None) -> None:
+    st = path.lstat()
+    sink.meta(_OPEN + _TYPE)
+    if stat.S_ISREG(st.st_mode):
+        sink.meta(_REGULAR)
+        if st.st_mode & stat.S_IXUSR:
+            sink.meta(_EXECUTABLE + _EMPTY)
+        sink.meta(_CONTENTS)
+        extra = on_file(rel, st.st_size) if on_file else []
+        sink.contents(path, st.st_size, extra)
+    elif stat.S_ISLNK(st.st_mode):
+        sink.meta(_SYMLINK + _TARGET + _str(os.fsencode(os.readlink(path))))
+    elif stat.S_ISDIR(st.st_mode):
+        sink.meta(_DIRECTORY)
+        names = sorted(os.fsencode(n) for n in os.listdir(path))
+        for name in names:
+            child = os.fsdecode(name)
+            sink.meta(_ENTRY + _OPEN + _NAME + _str(name) + _NODE)
+            _walk(sink, path / child, f"{rel}/{child}" if rel else child, on_file)
+            sink.meta(_CLOSE)
+    else:
+        raise ValueError(f"{path}: not a regular file, symlink or directory")
+    sink.meta(_CLOSE)
+
+
+def nar_hash(path: Path, on_file: OnFile | None = None) -> NarResult:
+    """SHA-256 of the NAR of `path`, reading each file once (see module docstring)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        sink = _Sink(pool if on_file else None)
+        sink.meta(_MAGIC)
+        _walk(sink, path, "", on_file)
+        return NarResult(sink.h.digest(), sink.size)

@@ -1,0 +1,206 @@
+"""Every huggingface_hub call: resolve a revision, list a commit's files, download them.
+
+huggingface_hub reads its settings (HF_ENDPOINT, HF_HUB_OFFLINE, ...) when imported, so this
+module imports it lazily: `model-pull hash` and friends start fast and a caller can set the
+environment first. Library exceptions become one-line `ModelPullError`s in `hub_errors()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model_pull.errors import ExitCode, ModelPullError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+TOKEN_HINT = "give a token with --token-file FILE or the HF_TOKEN environment variable"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a commit, as the Hub lists it."""
+
+    path: str
+    size: int
+    git_sha1: str  # the git blob id (for LFS files: of the pointer file)
+    sha256: str | None  # LFS files only: sha256 of the content
+
+    @property
+    def is_lfs(self) -> bool:
+        return self.sha256 is not None
+
+
+@dataclass(frozen=True)
+class Remote:
+    """Where and as whom to talk to the Hub. The token is never logged or printed."""
+
+    endpoint: str | None = None
+    token: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Remote(endpoint={self.endpoint!r}, token={'***' if self.token else None})"
+
+
+def read_token(token_file: Path | None) -> str | None:
+    """The HF token from a file (first line), else HF_TOKEN, else none."""
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise ModelPullError(
+                ExitCode.AUTH, f"cannot read the token file {token_file}: {exc.strerror}",
+                hint=TOKEN_HINT,
+            ) from exc
+        if not token:
+            raise ModelPullError(ExitCode.AUTH, f"the token file {token_file} is empty",
+                                 hint=TOKEN_HINT)
+        return token
+    return os.environ.get("HF_TOKEN") or None
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for name in ("httpx2", "httpx", "requests"):
+        with contextlib.suppress(ImportError):
+            mod = __import__(name)
+            for attr in ("TransportError", "ConnectionError", "Timeout"):
+                cls = getattr(mod, attr, None)
+                if isinstance(cls, type) and issubclass(cls, BaseException):
+                    errors.append(cls)
+    return tuple(errors)
+
+
+@contextlib.contextmanager
+def hub_errors(repo: str, revision: str | None, remote: Remote) -> Iterator[None]:
+    """Turn huggingface_hub's exceptions into one clear line each, most specific first."""
+    from huggingface_hub import errors as hf
+
+    where = remote.endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    try:
+        yield
+    except hf.GatedRepoError as exc:
+        raise ModelPullError(
+            ExitCode.AUTH,
+            f"{repo} is gated: your token is missing or has no access to it",
+            hint=f"accept its terms on the Hub, then {TOKEN_HINT}",
+        ) from exc
+    except hf.RevisionNotFoundError as exc:
+        raise ModelPullError(
+            ExitCode.REVISION_NOT_FOUND,
+            f"revision {revision!r} not found in {repo}",
+            hint="give a branch, tag or 40-hex commit that exists",
+        ) from exc
+    except hf.RepositoryNotFoundError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status == 401 and remote.token:
+            raise ModelPullError(
+                ExitCode.AUTH, f"the Hub refused the token for {repo} (HTTP 401)",
+                hint=TOKEN_HINT,
+            ) from exc
+        raise ModelPullError(
+            ExitCode.REPO_NOT_FOUND,
+            f"repository {repo} not found on {where}",
+            hint="check the name; a private repo also needs a token: " + TOKEN_HINT,
+        ) from exc
+    except hf.EntryNotFoundError as exc:
+        raise ModelPullError(
+            ExitCode.REPO_NOT_FOUND, f"a listed file is missing from {repo}: {exc}"
+        ) from exc
+    except hf.HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise ModelPullError(ExitCode.AUTH, f"the Hub refused access to {repo} "
+                                 f"(HTTP {status})", hint=TOKEN_HINT) from exc
+        raise ModelPullError(
+            ExitCode.UNREACHABLE, f"the Hub at {where} answered with an error: {exc}"
+        ) from exc
+    except _transport_errors() as exc:
+        raise ModelPullError(
+            ExitCode.UNREACHABLE,
+            f"cannot reach the Hub at {where}: {exc}",
+            hint="check the network, or set HF_ENDPOINT to a reachable mirror",
+        ) from exc
+
+
+def _api(remote: Remote) -> Any:
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=remote.endpoint, token=remote.token or None)
+
+
+def resolve_revision(repo: str, revision: str, remote: Remote) -> str:
+    """The 40-hex commit a branch, tag or commit names."""
+    with hub_errors(repo, revision, remote):
+        info = _api(remote).model_info(repo, revision=revision)
+    sha = getattr(info, "sha", None)
+    if not isinstance(sha, str) or not COMMIT_RE.match(sha):
+        raise ModelPullError(ExitCode.REVISION_NOT_FOUND,
+                             f"the Hub gave no commit for {repo}@{revision}")
+    return sha
+
+
+def list_files(repo: str, commit: str, remote: Remote) -> list[RemoteFile]:
+    """Every file of the commit, with the hashes the Hub lists for it."""
+    from huggingface_hub.hf_api import RepoFile
+
+    files = []
+    with hub_errors(repo, commit, remote):
+        for item in _api(remote).list_repo_tree(repo, revision=commit, recursive=True):
+            if not isinstance(item, RepoFile):
+                continue
+            lfs = item.lfs
+            files.append(RemoteFile(
+                path=item.path,
+                size=int(item.size),
+                git_sha1=item.blob_id,
+                sha256=lfs.sha256 if lfs is not None else None,
+            ))
+    return files
+
+
+def check_safe_path(path: str) -> str | None:
+    """Why a listed file name is unsafe to write, or None when it is fine."""
+    if not path or "\0" in path or "\\" in path:
+        return "empty, NUL or backslash in the name"
+    if path.startswith("/"):
+        return "absolute path"
+    if any(p in ("..", ".") for p in path.split("/")) or any(p == "" for p in path.split("/")):
+        return "'..', '.' or empty path component"
+    if any(ord(c) < 0x20 for c in path):
+        return "control character in the name"
+    return None
+
+
+def download(
+    repo: str,
+    commit: str,
+    path: str,
+    cache_dir: Path,
+    remote: Remote,
+    tqdm_class: type[tqdm[Any]] | None = None,
+) -> Path:
+    """Download one file into the (resumable) cache; returns the real blob path."""
+    from huggingface_hub import hf_hub_download
+
+    with hub_errors(repo, commit, remote):
+        local = hf_hub_download(
+            repo,
+            path,
+            revision=commit,
+            cache_dir=cache_dir,
+            token=remote.token or None,
+            endpoint=remote.endpoint,
+            tqdm_class=tqdm_class,
+        )
+    return Path(os.path.realpath(str(local)))

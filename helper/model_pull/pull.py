@@ -1,0 +1,412 @@
+"""The fetch and package pipelines: select, download, lay out, verify + hash, install, switch.
+
+Verification and the NAR hash share one read of every weight byte (`hashing.nar_hash` with
+`on_file`); downloads are hardlinked from the resumable cache into the staging tree, never copied.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model_pull import hub, layouts
+from model_pull.errors import ExitCode, ModelPullError
+from model_pull.hashing import (
+    Hasher,
+    NarResult,
+    git_blob_hasher,
+    git_blob_sha1,
+    nar_hash,
+    sha256_file,
+    valid_store_name,
+)
+from model_pull.layouts import Layout, Placed, Spec
+from model_pull.progress import Progress
+from model_pull.store import Entry, StateRoot, remove_tree, sanitize_sri
+
+logger = logging.getLogger(__name__)
+
+DOWNLOAD_WORKERS = 8
+SMALL_FILE = 16 << 20  # small files are hashed up front (their sha256 goes into the manifest)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything besides repo and revision that decides the entry."""
+
+    layout: Layout = Layout.DUAL
+    name: str | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    triton_name: str | None = None
+    engine_defaults: dict[str, Any] = field(default_factory=dict)
+    patch_tokenizer: bool = False
+    expect_nar: str | None = None  # a pinned narHash (SRI): anything else is refused
+
+    def model_name(self, repo: str) -> str:
+        name = self.name or repo.split("/")[-1]
+        if not valid_store_name(name):
+            raise ModelPullError(ExitCode.BAD_INPUT, f"{name!r} cannot be a model name",
+                                 hint="use --name with letters, digits and + - . _ ? =")
+        return name
+
+
+@dataclass(frozen=True)
+class Installed:
+    name: str
+    repo: str
+    revision: str
+    layout: Layout
+    entry: Entry
+    nar_hash: str
+    files: list[dict[str, Any]]
+    previous: Entry | None
+    changed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "repo": self.repo, "revision": self.revision,
+            "layout": str(self.layout), "path": str(self.entry.path), "narHash": self.nar_hash,
+            "storeName": self.entry.basename, "files": self.files, "changed": self.changed,
+            "previous": str(self.previous.path) if self.previous else None,
+        }
+
+
+# --- selection --------------------------------------------------------------------------
+
+
+def _match(path: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(path, p + "*" if p.endswith("/") else p) for p in patterns)
+
+
+def select(files: Sequence[hub.RemoteFile], options: Options) -> list[hub.RemoteFile]:
+    include = options.include or (("*.gguf",) if options.layout is Layout.GGUF else ())
+    chosen = [f for f in files
+              if (not include or _match(f.path, include)) and not _match(f.path, options.exclude)]
+    if not chosen:
+        raise ModelPullError(
+            ExitCode.NO_MATCH,
+            f"no file matches --include {list(include)} --exclude {list(options.exclude)}",
+            hint="list the repository's files and fix the patterns",
+        )
+    return chosen
+
+
+def refuse_unsafe(paths: Sequence[str]) -> None:
+    for path in paths:
+        why = hub.check_safe_path(path)
+        if why:
+            raise ModelPullError(ExitCode.UNSAFE_LISTING,
+                                 f"refusing the listing: unsafe file name {path!r} ({why})",
+                                 hint="nothing was written; report the repository")
+
+
+# --- the shared tail: lay out, verify + hash, install -------------------------------------
+
+
+@dataclass
+class _Expect:
+    sha256: str | None
+    git_sha1: str | None
+    hashers: list[tuple[str, str, hashlib._Hash]] = field(default_factory=list)
+
+
+def _verify_and_hash(
+    staging: Path, spec: Spec, placed: Sequence[Placed], expected: dict[str, _Expect],
+    progress: Progress,
+) -> NarResult:
+    by_entry_path = {layouts.entry_file_paths(spec, p.path): p.path for p in placed}
+
+    def on_file(rel: str, size: int) -> list[Hasher]:
+        repo_path = by_entry_path.get(rel)
+        exp = expected.get(repo_path) if repo_path else None
+        progress.hashed(size)
+        if exp is None or exp.hashers:
+            return []
+        if exp.sha256:
+            exp.hashers.append(("sha256", exp.sha256, hashlib.sha256()))
+        elif exp.git_sha1:
+            exp.hashers.append(("git blob sha1", exp.git_sha1, git_blob_hasher(size)))
+        return [h for _, _, h in exp.hashers]
+
+    nar = nar_hash(staging, on_file)
+    for repo_path, exp in sorted(expected.items()):
+        for kind, want, h in exp.hashers:
+            got = h.hexdigest()
+            if got != want:
+                raise ModelPullError(
+                    ExitCode.HASH_MISMATCH,
+                    f"{repo_path}: {kind} mismatch: expected {want}, got {got}",
+                    hint="the download was discarded; pull again (report the mirror if it repeats)",
+                )
+    return nar
+
+
+def _finish(
+    root: StateRoot, staging: Path, spec: Spec, placed: Sequence[Placed],
+    expected: dict[str, _Expect], records: list[dict[str, Any]], options: Options,
+    progress: Progress, extra_record: dict[str, Any],
+) -> Installed:
+    nar = _verify_and_hash(staging, spec, placed, expected, progress)
+    if options.expect_nar and nar.sri != options.expect_nar:
+        raise ModelPullError(
+            ExitCode.PIN_MISMATCH,
+            f"{spec.name}: content hash {nar.sri} differs from the pinned narHash "
+            f"{options.expect_nar}",
+            hint="the revision or file selection changed; update narHash if this is intended",
+        )
+    entry = root.install(staging, spec.name, nar)
+    previous = root.switch(spec.name, entry)
+    root.link_by_hash(nar.sri, entry)
+    root.record({"name": spec.name, "repo": spec.repo, "revision": spec.revision,
+                 "narHash": nar.sri, "entry": entry.basename, **extra_record})
+    changed = previous is None or previous.basename != entry.basename
+    return Installed(spec.name, spec.repo, spec.revision, spec.layout, entry, nar.sri, records,
+                     previous, changed)
+
+
+def up_to_date(root: StateRoot, name: str, repo: str, revision: str,
+               options: Options) -> Installed | None:
+    """The current entry when it is exactly what was asked for (no network needed)."""
+    entry = root.current(name)
+    if entry is None or not hub.COMMIT_RE.match(revision):
+        return None
+    try:
+        m = entry.manifest()
+    except (OSError, ValueError):
+        return None
+    wanted = {
+        "repo": repo, "revision": revision, "layout": str(options.layout),
+        "engineDefaults": options.engine_defaults, "patchTokenizer": options.patch_tokenizer,
+        "include": list(options.include), "exclude": list(options.exclude),
+    }
+    if any(m.get(k) != v for k, v in wanted.items()):
+        return None
+    if options.triton_name and m.get("tritonName") != options.triton_name:
+        return None
+    rec = root.last_record(name)
+    nar = rec.get("narHash") if rec and rec.get("entry") == entry.basename else None
+    if not isinstance(nar, str):
+        return None
+    if options.expect_nar and (nar != options.expect_nar
+                               or not (root.by_hash / sanitize_sri(nar)).exists()):
+        return None
+    return Installed(name, repo, revision, options.layout, entry, nar, m.get("files", []),
+                     entry, changed=False)
+
+
+# --- fetch --------------------------------------------------------------------------------
+
+
+def fetch(
+    repo: str, revision: str, options: Options, root: StateRoot, remote: hub.Remote, *,
+    progress: Progress, wait: bool = True,
+    preflight: Callable[[list[hub.RemoteFile]], None] | None = None,
+) -> Installed:
+    name = options.model_name(repo)
+    if hub.COMMIT_RE.match(revision):
+        done = up_to_date(root, name, repo, revision, options)
+        if done is not None:
+            return done
+    commit = hub.resolve_revision(repo, revision, remote)
+    listing = hub.list_files(repo, commit, remote)
+    refuse_unsafe([f.path for f in listing])
+    chosen = select(listing, options)
+    if preflight is not None:
+        preflight(chosen)
+    with root.lock(wait=wait):
+        done = up_to_date(root, name, repo, commit, options)
+        if done is not None:
+            return done
+        spec = Spec(name, repo, commit, options.layout, options.triton_name,
+                    options.engine_defaults, options.patch_tokenizer)
+        progress.start(len(chosen), sum(f.size for f in chosen))
+        blobs = _download_all(repo, commit, chosen, root, remote, progress)
+        expected: dict[str, _Expect] = {}
+        placed: list[Placed] = []
+        for f in chosen:
+            blob = blobs[f.path]
+            if f.is_lfs:
+                expected[f.path] = _Expect(f.sha256, None)
+                placed.append(Placed(f.path, blob, f.size, f.sha256, f.git_sha1))
+            else:
+                sha256, sha1 = _small_hashes(blob)
+                if sha1 != f.git_sha1:
+                    _discard_blob(blob)
+                    raise ModelPullError(
+                        ExitCode.HASH_MISMATCH,
+                        f"{f.path}: git blob sha1 mismatch: expected {f.git_sha1}, got {sha1}",
+                        hint="the download was discarded; pull again",
+                    )
+                placed.append(Placed(f.path, blob, f.size, sha256, f.git_sha1))
+        staging = root.new_staging(name)
+        try:
+            records = layouts.build(staging, spec, placed, link=True,
+                                    include=options.include, exclude=options.exclude)
+            installed = _finish(root, staging, spec, placed, expected, records, options,
+                                progress, {"source": "hub"})
+        except ModelPullError as exc:
+            remove_tree(staging)
+            if exc.code is ExitCode.HASH_MISMATCH:
+                for f in chosen:
+                    if f.is_lfs:
+                        _discard_blob(blobs[f.path])
+            raise
+        except BaseException:
+            remove_tree(staging)
+            raise
+        finally:
+            progress.close()
+        _clean_cache(blobs.values())
+        return installed
+
+
+def _download_all(
+    repo: str, commit: str, files: Sequence[hub.RemoteFile], root: StateRoot,
+    remote: hub.Remote, progress: Progress,
+) -> dict[str, Path]:
+    tqdm_class = progress.tqdm_class()
+
+    def one(f: hub.RemoteFile) -> tuple[str, Path]:
+        path = hub.download(repo, commit, f.path, root.cache, remote, tqdm_class=tqdm_class)
+        progress.file_done()
+        return f.path, path
+
+    with ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS) as pool:
+        return dict(pool.map(one, files))
+
+
+def _small_hashes(path: Path) -> tuple[str, str]:
+    data = path.read_bytes()
+    return hashlib.sha256(data).hexdigest(), git_blob_sha1(data)
+
+
+def _discard_blob(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        logger.warning("could not remove %s", path)
+
+
+def _clean_cache(blobs: Sequence[Path] | Any) -> None:
+    """The entry holds the bytes now (hardlinks); drop the cache's names for them."""
+    for blob in blobs:
+        _discard_blob(blob)
+
+
+# --- package ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    repo: str
+    revision: str
+    files: dict[str, Path]  # repo path -> file
+    expected: dict[str, _Expect]
+
+
+def read_source(src: Path, repo: str | None, revision: str | None) -> LocalSource:
+    """A plain directory, or an HF cache `models--org--name` tree with its snapshots."""
+    if not src.is_dir():
+        raise ModelPullError(ExitCode.BAD_INPUT, f"{src} is not a directory",
+                             hint="give a model directory or an HF cache models--org--name tree")
+    if (src / "snapshots").is_dir() and src.name.startswith("models--"):
+        cache_repo = src.name[len("models--"):].replace("--", "/", 1)
+        ref = src / "refs" / "main"
+        commit = revision or (ref.read_text().strip() if ref.exists() else None)
+        snaps = sorted(p.name for p in (src / "snapshots").iterdir())
+        if commit is None and len(snaps) == 1:
+            commit = snaps[0]
+        if commit is None or not (src / "snapshots" / commit).is_dir():
+            raise ModelPullError(ExitCode.REVISION_NOT_FOUND,
+                                 f"{src}: no snapshot for revision {commit or 'main'}",
+                                 hint=f"give --revision, one of: {', '.join(snaps) or 'none'}")
+        base = src / "snapshots" / commit
+        files = _walk_files(base)
+        expected: dict[str, _Expect] = {}
+        for rel, path in files.items():
+            blob = Path(os.path.realpath(path)).name  # blobs are named by their hash
+            if len(blob) == 64:
+                expected[rel] = _Expect(blob, None)
+            elif len(blob) == 40:
+                expected[rel] = _Expect(None, blob)
+        return LocalSource(repo or cache_repo, commit, files, expected)
+    files = _walk_files(src)
+    rev = revision or "0" * 40
+    return LocalSource(repo or f"local/{src.name}", rev, files, {})
+
+
+def _walk_files(base: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        dirnames[:] = [d for d in dirnames if d not in (".git", ".cache")]
+        for fn in filenames:
+            p = Path(dirpath) / fn
+            rel = p.relative_to(base).as_posix()
+            real = Path(os.path.realpath(p))
+            if not real.is_file():
+                raise ModelPullError(ExitCode.BAD_INPUT, f"{p} is not a regular file",
+                                     hint="dangling symlink or special file in the source")
+            out[rel] = real
+    if not out:
+        raise ModelPullError(ExitCode.NO_MATCH, f"{base} has no files")
+    return out
+
+
+def package(
+    src: Path, options: Options, root: StateRoot, *, repo: str | None = None,
+    revision: str | None = None, progress: Progress, wait: bool = True,
+) -> Installed:
+    source = read_source(src, repo, revision)
+    if not hub.COMMIT_RE.match(source.revision):
+        raise ModelPullError(ExitCode.BAD_INPUT, f"revision {source.revision!r} is not a "
+                             "40-hex commit", hint="give --revision COMMIT")
+    refuse_unsafe(list(source.files))
+    listing = [hub.RemoteFile(p, f.stat().st_size, "", None) for p, f in source.files.items()]
+    chosen = {f.path for f in select(listing, options)}
+    name = options.model_name(source.repo)
+    spec = Spec(name, source.repo, source.revision, options.layout, options.triton_name,
+                options.engine_defaults, options.patch_tokenizer)
+    with root.lock(wait=wait):
+        placed = []
+        expected = {k: v for k, v in source.expected.items() if k in chosen}
+        for rel in sorted(chosen):
+            path = source.files[rel]
+            size = path.stat().st_size
+            exp = expected.get(rel)
+            if exp is None or exp.sha256 is None:
+                sha256 = sha256_file(path)  # plain directories: read once up front
+                if exp is not None and exp.git_sha1:
+                    got = git_blob_sha1(path.read_bytes()) if size <= SMALL_FILE else None
+                    if got is not None and got != exp.git_sha1:
+                        raise ModelPullError(ExitCode.HASH_MISMATCH,
+                                             f"{rel}: git blob sha1 mismatch: expected "
+                                             f"{exp.git_sha1}, got {got}")
+                    expected.pop(rel)
+            else:
+                sha256 = exp.sha256
+            placed.append(Placed(rel, path, size, sha256, exp.git_sha1 if exp else None))
+        progress.start(0, sum(p.size for p in placed))
+        staging = root.new_staging(name)
+        try:
+            records = layouts.build(staging, spec, placed, link=False,
+                                    include=options.include, exclude=options.exclude)
+            return _finish(root, staging, spec, placed, expected, records, options, progress,
+                           {"source": str(src)})
+        except BaseException:
+            remove_tree(staging)
+            raise
+        finally:
+            progress.close()
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)

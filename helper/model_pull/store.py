@@ -1,0 +1,309 @@
+"""The state root: immutable entries, the `models/` links, one lock, gc and rollback.
+
+Nothing becomes visible under `store/` or `models/` except by one `rename`: an entry is built in
+`staging/`, hashed, made read-only and renamed into `store/<hash>-<name>`; `models/<name>` is a
+relative symlink replaced by renaming a new link over it. A pull killed at any moment leaves at
+most garbage in `staging/` (removed by the next pull) and resumable downloads in `cache/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model_pull.errors import ExitCode, ModelPullError
+from model_pull.hashing import NarResult, store_basename
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ROOT = Path("/var/lib/inference")
+ENTRY_MANIFEST = Path("share/model-pull/manifest.json")
+
+
+def sanitize_sri(nar_sri: str) -> str:
+    """The file name `by-hash/` uses for a narHash (SRI base64 has '/' and '+')."""
+    return nar_sri.replace("/", "_").replace("+", "-")
+
+
+def default_root() -> Path:
+    env = os.environ.get("MODEL_PULL_ROOT")
+    return Path(env) if env else DEFAULT_ROOT
+
+
+@contextlib.contextmanager
+def os_errors(what: str, root: Path) -> Iterator[None]:
+    """Disk full and permission problems as one line each."""
+    try:
+        yield
+    except PermissionError as exc:
+        raise ModelPullError(
+            ExitCode.PERMISSION, f"no permission to {what} under {root}: {exc.strerror}",
+            hint="run it as root: sudo model-pull ...",
+        ) from exc
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ModelPullError(
+                ExitCode.DISK_FULL, f"no space left on the device holding {root} while "
+                f"trying to {what}", hint="free space (model-pull gc) or use --root elsewhere",
+            ) from exc
+        raise
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: Path
+
+    @property
+    def basename(self) -> str:
+        return self.path.name
+
+    @property
+    def name(self) -> str:
+        return self.path.name.split("-", 1)[1]
+
+    def manifest(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.path / ENTRY_MANIFEST).read_text())
+        return data
+
+
+def make_readonly(path: Path) -> None:
+    """Files 0444 (0555 if executable), directories 0555: what the Nix store does."""
+    for dirpath, dirnames, filenames in os.walk(path):
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode):
+                os.chmod(p, 0o555 if st.st_mode & stat.S_IXUSR else 0o444)
+        for d in dirnames:
+            p = os.path.join(dirpath, d)
+            if not os.path.islink(p):
+                os.chmod(p, 0o555)
+    os.chmod(path, 0o555)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a (possibly read-only) tree."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+        return
+    for dirpath, dirnames, _ in os.walk(path):
+        os.chmod(dirpath, 0o755)
+        for d in dirnames:
+            p = os.path.join(dirpath, d)
+            if not os.path.islink(p):
+                os.chmod(p, 0o755)
+    shutil.rmtree(path)
+
+
+class StateRoot:
+    """The directories under one root (see docs/ARCHITECTURE.md)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.store = path / "store"
+        self.models = path / "models"
+        self.by_hash = path / "by-hash"
+        self.cache = path / "cache"
+        self.staging = path / "staging"
+        self.state = path / "state"
+
+    def ensure(self) -> StateRoot:
+        with os_errors("create the state directories", self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            # Runtimes read entries through models/ and by-hash/: world-readable, like /nix/store.
+            for d, mode in ((self.store, 0o755), (self.models, 0o755), (self.by_hash, 0o755),
+                            (self.cache, 0o700), (self.staging, 0o700), (self.state, 0o755)):
+                d.mkdir(exist_ok=True)
+                os.chmod(d, mode)
+        return self
+
+    # --- locking --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, *, wait: bool = True) -> Iterator[None]:
+        """One pull per root. A second one waits (and says so), or fails with --no-wait."""
+        self.ensure()
+        lock_path = self.path / "pull.lock"
+        with os_errors("take the pull lock", self.path):
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                if not wait:
+                    raise ModelPullError(
+                        ExitCode.LOCKED, f"another pull (pid {holder}) holds {lock_path}",
+                        hint="wait for it, or run again without --no-wait",
+                    ) from None
+                print(f"waiting for another pull (pid {holder}) to finish ...", file=sys.stderr)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self._clean_staging()
+            yield
+        finally:
+            os.close(fd)
+
+    def _clean_staging(self) -> None:
+        """Under the lock, anything in staging/ is debris of an interrupted pull."""
+        for child in self.staging.iterdir():
+            logger.info("removing debris of an interrupted pull: %s", child)
+            remove_tree(child)
+
+    # --- building and installing ----------------------------------------------------------
+
+    def new_staging(self, name: str) -> Path:
+        with os_errors("create a staging directory", self.path):
+            return Path(tempfile.mkdtemp(prefix=f"{name}.", dir=self.staging))
+
+    def install(self, staging: Path, name: str, nar: NarResult) -> Entry:
+        """Move a finished tree into store/ under its content address (idempotent)."""
+        target = self.store / store_basename(nar.digest, name)
+        with os_errors("install the entry", self.path):
+            if target.exists():
+                logger.info("entry %s already present", target.name)
+                remove_tree(staging)
+            else:
+                make_readonly(staging)
+                os.rename(staging, target)
+                _fsync_dir(self.store)
+        return Entry(target)
+
+    def switch(self, name: str, entry: Entry) -> Entry | None:
+        """Point models/<name> at entry atomically; returns the entry it pointed at before."""
+        previous = self.current(name)
+        with os_errors("switch the model link", self.path):
+            _replace_symlink(self.models / name, Path("..") / "store" / entry.basename)
+            if previous is not None and previous.basename != entry.basename:
+                hist = self.state / "history"
+                hist.mkdir(exist_ok=True)
+                with (hist / name).open("a") as f:
+                    f.write(previous.basename + "\n")
+        return previous
+
+    def link_by_hash(self, nar_sri: str, entry: Entry) -> Path:
+        link = self.by_hash / sanitize_sri(nar_sri)
+        with os_errors("link the pinned entry", self.path):
+            _replace_symlink(link, Path("..") / "store" / entry.basename)
+        return link
+
+    def record(self, event: dict[str, Any]) -> None:
+        with os_errors("record the pull", self.path), (self.state / "pulls.jsonl").open("a") as f:
+            f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **event},
+                               sort_keys=True) + "\n")
+
+    def last_record(self, name: str) -> dict[str, Any] | None:
+        log = self.state / "pulls.jsonl"
+        if not log.exists():
+            return None
+        found: dict[str, Any] | None = None
+        for line in log.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                rec = json.loads(line)
+                if rec.get("name") == name:
+                    found = rec
+        return found
+
+    # --- reading --------------------------------------------------------------------------
+
+    def current(self, name: str) -> Entry | None:
+        link = self.models / name
+        if not link.is_symlink():
+            return None
+        target = (self.models / os.readlink(link)).resolve()
+        return Entry(target) if target.is_dir() else None
+
+    def names(self) -> list[str]:
+        if not self.models.is_dir():
+            return []
+        return sorted(p.name for p in self.models.iterdir() if p.is_symlink())
+
+    def entries(self) -> list[Entry]:
+        if not self.store.is_dir():
+            return []
+        return sorted((Entry(p) for p in self.store.iterdir() if p.is_dir()),
+                      key=lambda e: e.basename)
+
+    def history(self, name: str) -> list[str]:
+        hist = self.state / "history" / name
+        return hist.read_text().split() if hist.exists() else []
+
+    # --- rollback and gc ------------------------------------------------------------------
+
+    def rollback(self, name: str) -> tuple[Entry, Entry]:
+        """Point models/<name> back at its previous entry; returns (from, to)."""
+        current = self.current(name)
+        if current is None:
+            raise ModelPullError(ExitCode.NOT_INSTALLED, f"no model named {name!r} in {self.path}",
+                                 hint="see model-pull list")
+        history = [b for b in self.history(name) if (self.store / b).is_dir()]
+        if not history:
+            raise ModelPullError(ExitCode.NOT_INSTALLED,
+                                 f"{name} has no previous entry to roll back to",
+                                 hint="gc may have removed it")
+        target = Entry(self.store / history[-1])
+        with os_errors("switch the model link", self.path):
+            _replace_symlink(self.models / name, Path("..") / "store" / target.basename)
+            # The rolled-back-from entry stays in store/ until gc; history drops its last line.
+            (self.state / "history" / name).write_text("".join(b + "\n" for b in history[:-1]))
+        return current, target
+
+    def live(self, keep: int) -> set[str]:
+        """Entries gc must keep: linked from models/ or by-hash/, plus the last `keep` of each."""
+        live = set()
+        for link_dir in (self.models, self.by_hash):
+            if link_dir.is_dir():
+                for link in link_dir.iterdir():
+                    if link.is_symlink():
+                        live.add(Path(os.readlink(link)).name)
+        for name in self.names():
+            live.update(self.history(name)[-keep:] if keep > 0 else [])
+        return live
+
+    def gc(self, keep: int = 0) -> list[Path]:
+        """Remove entries nothing points at, and download debris. Returns what was removed."""
+        removed: list[Path] = []
+        live = self.live(keep)
+        with os_errors("collect garbage", self.path):
+            for entry in self.entries():
+                if entry.basename not in live:
+                    remove_tree(entry.path)
+                    removed.append(entry.path)
+            if self.cache.is_dir():
+                for child in self.cache.iterdir():
+                    remove_tree(child)
+                    removed.append(child)
+        return removed
+
+
+def _replace_symlink(link: Path, target: Path) -> None:
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.rename(tmp, link)
+    _fsync_dir(link.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,71 @@
+"""Re-check installed entries: the content address in the name must still match every byte.
+
+One read per entry: the NAR hash (against the entry's `<hash>-<name>` basename) and each file's
+sha256 (against the entry manifest, to name the file that changed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from model_pull.errors import ExitCode, ModelPullError
+from model_pull.hashing import Hasher, nar_hash, store_basename
+from model_pull.layouts import Layout, Spec, entry_file_paths
+from model_pull.store import Entry, StateRoot
+
+
+@dataclass(frozen=True)
+class Verified:
+    name: str
+    entry: str
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "entry": self.entry, "ok": self.ok, "problems": self.problems}
+
+
+def verify_entry(name: str, entry: Entry) -> Verified:
+    problems: list[str] = []
+    try:
+        m = entry.manifest()
+    except (OSError, ValueError) as exc:
+        return Verified(name, str(entry.path), False, [f"unreadable entry manifest: {exc}"])
+    spec = Spec(m.get("name", name), m["repo"], m["revision"], Layout(m["layout"]),
+                m.get("tritonName"))
+    expected = {entry_file_paths(spec, f["path"]): f for f in m.get("files", [])
+                if f.get("sha256") and not f.get("patched")}
+    seen: dict[str, hashlib._Hash] = {}
+
+    def on_file(rel: str, size: int) -> list[Hasher]:
+        if rel not in expected:
+            return []
+        if size != expected[rel]["size"]:
+            problems.append(f"{expected[rel]['path']}: size {size}, expected "
+                            f"{expected[rel]['size']}")
+        seen[rel] = hashlib.sha256()
+        return [seen[rel]]
+
+    nar = nar_hash(entry.path, on_file)
+    for rel, f in sorted(expected.items()):
+        if rel not in seen:
+            problems.append(f"{f['path']}: missing")
+        elif seen[rel].hexdigest() != f["sha256"]:
+            problems.append(f"{f['path']}: sha256 {seen[rel].hexdigest()}, expected {f['sha256']}")
+    if store_basename(nar.digest, entry.name) != entry.basename:
+        problems.append(f"content hash {nar.sri} does not match the entry's name")
+    return Verified(name, str(entry.path), not problems, problems)
+
+
+def verify_entries(root: StateRoot, names: list[str]) -> list[Verified]:
+    names = names or root.names()
+    results = []
+    for name in names:
+        entry = root.current(name)
+        if entry is None:
+            raise ModelPullError(ExitCode.NOT_INSTALLED, f"no model named {name!r} in {root.path}",
+                                 hint="see model-pull list")
+        results.append(verify_entry(name, entry))
+    return results
