@@ -185,22 +185,55 @@ def check_safe_path(path: str) -> str | None:
 def download(
     repo: str,
     commit: str,
-    path: str,
-    cache_dir: Path,
+    f: RemoteFile,
+    dest_dir: Path,
     remote: Remote,
     tqdm_class: type[tqdm[Any]] | None = None,
 ) -> Path:
-    """Download one file into the (resumable) cache; returns the real blob path."""
-    from huggingface_hub import hf_hub_download
+    """Download one file to `dest_dir/<etag>`, resuming an earlier interrupted attempt.
 
+    huggingface_hub (2.x) downloads into a temporary file unique to each process and never
+    reuses it, so a killed pull would start over. Bytes go to `<etag>.incomplete` instead, kept
+    across runs, and the library's `http_get` continues it with a Range request. Files the Hub
+    serves through Xet go through `hf_hub_download` (hf-xet is the fast path there).
+    """
+    from huggingface_hub import file_download, get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.utils._headers import build_hf_headers
+
+    etag = f.sha256 or f.git_sha1
+    final = dest_dir / etag
+    if final.is_file() and final.stat().st_size == f.size:
+        return final
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    url = hf_hub_url(repo, f.path, revision=commit, endpoint=remote.endpoint)
+    token = remote.token or None
     with hub_errors(repo, commit, remote):
-        local = hf_hub_download(
-            repo,
-            path,
-            revision=commit,
-            cache_dir=cache_dir,
-            token=remote.token or None,
-            endpoint=remote.endpoint,
-            tqdm_class=tqdm_class,
-        )
-    return Path(os.path.realpath(str(local)))
+        meta = get_hf_file_metadata(url, token=token, endpoint=remote.endpoint)
+        if meta.xet_file_data is not None and _xet_available():
+            local = hf_hub_download(repo, f.path, revision=commit, cache_dir=dest_dir / "xet",
+                                    token=token, endpoint=remote.endpoint, tqdm_class=tqdm_class)
+            os.replace(os.path.realpath(local), final)
+            return final
+        part = dest_dir / f"{etag}.incomplete"
+        resume = part.stat().st_size if part.exists() else 0
+        if resume > f.size:
+            part.unlink()
+            resume = 0
+        if resume:
+            logger.info("resuming %s at byte %d of %d", f.path, resume, f.size)
+        with part.open("ab") as out:
+            file_download.http_get(
+                meta.location or url, out, resume_size=resume,
+                headers=build_hf_headers(token=token), expected_size=f.size,
+                displayed_filename=f.path, tqdm_class=tqdm_class,
+            )
+    os.replace(part, final)
+    return final
+
+
+def _xet_available() -> bool:
+    try:
+        from huggingface_hub.utils import is_xet_available
+    except ImportError:
+        return False
+    return bool(is_xet_available())

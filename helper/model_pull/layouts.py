@@ -66,8 +66,7 @@ class Placed:
     path: str  # relative, as in the repo
     source: Path
     size: int
-    sha256: str | None = None  # known before hashing (LFS listing or computed for small files)
-    git_sha1: str | None = None
+    sha256: str  # from the Hub's LFS listing, or computed up front for small files
 
 
 @dataclass(frozen=True)
@@ -180,11 +179,7 @@ def build(
 
     for f in sorted(files, key=lambda f: f.path):
         dst = dest_dir / f.path
-        record: dict[str, Any] = {"path": f.path, "size": f.size}
-        if f.sha256:
-            record["sha256"] = f.sha256
-        if f.git_sha1:
-            record["gitSha1"] = f.git_sha1
+        record: dict[str, Any] = {"path": f.path, "size": f.size, "sha256": f.sha256}
         patched = (
             patch_tokenizer_config(f.source.read_bytes())
             if spec.patch_tokenizer and Path(f.path).name == TOKENIZER_CONFIG

@@ -10,7 +10,9 @@ import fnmatch
 import hashlib
 import logging
 import os
+import shutil
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from model_pull.hashing import (
 )
 from model_pull.layouts import Layout, Placed, Spec
 from model_pull.progress import Progress
-from model_pull.store import Entry, StateRoot, remove_tree, sanitize_sri
+from model_pull.store import Entry, StateRoot, os_errors, remove_tree, sanitize_sri
 
 logger = logging.getLogger(__name__)
 
@@ -222,21 +224,22 @@ def fetch(
     chosen = select(listing, options)
     if preflight is not None:
         preflight(chosen)
-    with root.lock(wait=wait):
+    with root.lock(wait=wait), os_errors("download and install", root.path):
         done = up_to_date(root, name, repo, commit, options)
         if done is not None:
             return done
         spec = Spec(name, repo, commit, options.layout, options.triton_name,
                     options.engine_defaults, options.patch_tokenizer)
+        _ensure_space(root, sum(f.size for f in chosen))
         progress.start(len(chosen), sum(f.size for f in chosen))
         blobs = _download_all(repo, commit, chosen, root, remote, progress)
         expected: dict[str, _Expect] = {}
         placed: list[Placed] = []
         for f in chosen:
             blob = blobs[f.path]
-            if f.is_lfs:
+            if f.sha256 is not None:
                 expected[f.path] = _Expect(f.sha256, None)
-                placed.append(Placed(f.path, blob, f.size, f.sha256, f.git_sha1))
+                placed.append(Placed(f.path, blob, f.size, f.sha256))
             else:
                 sha256, sha1 = _small_hashes(blob)
                 if sha1 != f.git_sha1:
@@ -246,7 +249,7 @@ def fetch(
                         f"{f.path}: git blob sha1 mismatch: expected {f.git_sha1}, got {sha1}",
                         hint="the download was discarded; pull again",
                     )
-                placed.append(Placed(f.path, blob, f.size, sha256, f.git_sha1))
+                placed.append(Placed(f.path, blob, f.size, sha256))
         staging = root.new_staging(name)
         try:
             records = layouts.build(staging, spec, placed, link=True,
@@ -269,19 +272,35 @@ def fetch(
         return installed
 
 
+def _ensure_space(root: StateRoot, needed: int) -> None:
+    free = shutil.disk_usage(root.path).free
+    if free < needed:
+        raise ModelPullError(
+            ExitCode.DISK_FULL,
+            f"no space left on the device holding {root.path}: the files need "
+            f"{needed} bytes, {free} are free",
+            hint="free space (model-pull gc) or use --root elsewhere",
+        )
+
+
 def _download_all(
     repo: str, commit: str, files: Sequence[hub.RemoteFile], root: StateRoot,
     remote: hub.Remote, progress: Progress,
 ) -> dict[str, Path]:
     tqdm_class = progress.tqdm_class()
 
+    dest = root.cache / ("models--" + repo.replace("/", "--"))
+
     def one(f: hub.RemoteFile) -> tuple[str, Path]:
-        path = hub.download(repo, commit, f.path, root.cache, remote, tqdm_class=tqdm_class)
+        path = hub.download(repo, commit, f, dest, remote, tqdm_class=tqdm_class)
         progress.file_done()
         return f.path, path
 
-    with ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS) as pool:
-        return dict(pool.map(one, files))
+    with warnings.catch_warnings():
+        # huggingface_hub's own disk-space warning: _ensure_space says it in one line instead
+        warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
+        with ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS) as pool:
+            return dict(pool.map(one, files))
 
 
 def _small_hashes(path: Path) -> tuple[str, str]:
@@ -375,7 +394,7 @@ def package(
     name = options.model_name(source.repo)
     spec = Spec(name, source.repo, source.revision, options.layout, options.triton_name,
                 options.engine_defaults, options.patch_tokenizer)
-    with root.lock(wait=wait):
+    with root.lock(wait=wait), os_errors("package", root.path):
         placed = []
         expected = {k: v for k, v in source.expected.items() if k in chosen}
         for rel in sorted(chosen):
@@ -393,7 +412,7 @@ def package(
                     expected.pop(rel)
             else:
                 sha256 = exp.sha256
-            placed.append(Placed(rel, path, size, sha256, exp.git_sha1 if exp else None))
+            placed.append(Placed(rel, path, size, sha256))
         progress.start(0, sum(p.size for p in placed))
         staging = root.new_staging(name)
         try:

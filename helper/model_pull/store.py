@@ -265,13 +265,15 @@ class StateRoot:
         return current, target
 
     def live(self, keep: int) -> set[str]:
-        """Entries gc must keep: linked from models/ or by-hash/, plus the last `keep` of each."""
+        """Entries gc must keep: linked from models/, plus the last `keep` of each model.
+
+        by-hash/ links are not roots: a pinned model's entry is also its models/ entry.
+        """
         live = set()
-        for link_dir in (self.models, self.by_hash):
-            if link_dir.is_dir():
-                for link in link_dir.iterdir():
-                    if link.is_symlink():
-                        live.add(Path(os.readlink(link)).name)
+        if self.models.is_dir():
+            for link in self.models.iterdir():
+                if link.is_symlink():
+                    live.add(Path(os.readlink(link)).name)
         for name in self.names():
             live.update(self.history(name)[-keep:] if keep > 0 else [])
         return live
@@ -285,6 +287,10 @@ class StateRoot:
                 if entry.basename not in live:
                     remove_tree(entry.path)
                     removed.append(entry.path)
+            if self.by_hash.is_dir():
+                for link in self.by_hash.iterdir():
+                    if link.is_symlink() and not link.exists():
+                        link.unlink()
             if self.cache.is_dir():
                 for child in self.cache.iterdir():
                     remove_tree(child)

@@ -1,0 +1,476 @@
+"""`model-pull fetch/package/hash/verify/list/gc/rollback` as a user runs them.
+
+The real huggingface_hub client (inside model-pull) talks to the DevHub server on loopback; hashes
+and store names are checked against Debian's nix-bin; entries are resolved offline with
+huggingface_hub's and transformers' own code; config.pbtxt is parsed with tritonclient's schema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from model_pull.devhub import DevHub
+from model_pull.tinymodels import tiny_llama_files, write_tiny_gguf
+
+MODEL_PULL = [sys.executable, "-m", "model_pull"]
+TOKEN = "hf_secret_token_for_tests_42"
+NIX_ENV = {"NIX_CONFIG": "experimental-features = nix-command"}
+
+needs_nix = pytest.mark.skipif(shutil.which("nix-store") is None, reason="nix-bin not installed")
+
+
+@dataclass
+class Hub:
+    hub: DevHub
+    url: str
+    data: Path
+    llama: str  # commit of tiny-org/tiny-llama main
+    gguf: str
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory):
+    data = tmp_path_factory.mktemp("hubdata")
+    dh = DevHub(data / "hub")
+    llama = dh.add_repo("tiny-org/tiny-llama", tiny_llama_files(seed=1))
+    gguf_file = write_tiny_gguf(data / "tiny.gguf", seed=1)
+    gguf = dh.add_repo("tiny-org/tiny-gguf", {"tiny.gguf": gguf_file, "README.md": b"# tiny\n"})
+    dh.add_repo("gated/tiny", tiny_llama_files(seed=2), gated=True, tokens=["hf_test_token_123"])
+    with dh.serve() as handle:
+        yield Hub(dh, handle.url, data, llama, gguf)
+
+
+@pytest.fixture
+def env(hub: Hub, tmp_path: Path) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MODEL_PULL"))}
+    e.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(tmp_path / "hfhome"),
+             NIX_STATE_DIR=str(tmp_path / "nixstate"), **NIX_ENV)
+    return e
+
+
+def mp(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run([*MODEL_PULL, *args], env=env, capture_output=True, text=True, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"model-pull {' '.join(args)} -> {p.returncode}\n{p.stderr}")
+    return p
+
+
+def fetch_json(env: dict[str, str], root: Path, *args: str) -> dict:
+    return json.loads(mp(env, "fetch", *args, "--root", str(root), "--json").stdout)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """What a runtime could see: every path under store/ and models/ (links with targets)."""
+    out = {}
+    for top in ("store", "models", "by-hash"):
+        base = root / top
+        if not base.exists():
+            continue
+        for dirpath, dirnames, filenames in os.walk(base):
+            for n in dirnames + filenames:
+                p = Path(dirpath) / n
+                out[str(p.relative_to(root))] = os.readlink(p) if p.is_symlink() else ""
+    return out
+
+
+# --- content addressing against the real Nix ------------------------------------------------
+
+
+@needs_nix
+def test_entry_is_named_and_hashed_exactly_as_nix_would(env, tmp_path):
+    info = fetch_json(env, tmp_path / "root", "tiny-org/tiny-llama")
+    entry = Path(info["path"])
+    nix_hash = subprocess.run(["nix", "hash", "path", str(entry)], env=env, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    assert info["narHash"] == nix_hash
+    # nix-store --add names the path after the basename: give it a directory called <name>.
+    view = tmp_path / "view" / "tiny-llama"
+    shutil.copytree(entry, view, symlinks=True)
+    added = subprocess.run(["nix-store", "--store", str(tmp_path / "chroot"), "--add", str(view)],
+                           env=env, check=True, capture_output=True, text=True).stdout.strip()
+    assert Path(added).name == entry.name == info["storeName"]
+    assert (tmp_path / "root" / "models" / "tiny-llama").resolve() == entry
+
+
+@needs_nix
+def test_hash_command_equals_nix_hash_path(env, tmp_path):
+    d = tmp_path / "some-dir"
+    (d / "sub").mkdir(parents=True)
+    (d / "sub" / "x.bin").write_bytes(os.urandom(100_003))
+    (d / "run").write_text("#!/bin/sh\n")
+    (d / "run").chmod(0o755)
+    (d / "link").symlink_to("sub/x.bin")
+    out = json.loads(mp(env, "hash", str(d), "--json").stdout)
+    nix = subprocess.run(["nix", "hash", "path", str(d)], env=env, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    added = subprocess.run(["nix-store", "--store", str(tmp_path / "chroot"), "--add", str(d)],
+                           env=env, check=True, capture_output=True, text=True).stdout.strip()
+    assert out["narHash"] == nix
+    assert Path(out["storePath"]).name == Path(added).name
+
+
+@needs_nix
+def test_store_nix_imports_the_entry_with_a_gc_root(env, tmp_path):
+    root = tmp_path / "root"
+    chroot = tmp_path / "chroot"
+    info = fetch_json(env, root, "tiny-org/tiny-gguf", "--layout", "gguf", "--store", "nix",
+                      "--nix-store", str(chroot))
+    assert Path(info["nixStorePath"]).name == info["storeName"]
+    real = chroot / info["nixStorePath"].lstrip("/")
+    assert (real / "share/models/gguf/tiny.gguf").is_file()
+    gcroot = root / "gcroots" / "tiny-gguf"
+    assert gcroot.is_symlink() and os.readlink(gcroot) == info["nixStorePath"]
+
+
+# --- layouts --------------------------------------------------------------------------------
+
+
+def test_dual_entry_resolves_offline_for_vllm_transformers_and_triton(hub, env, tmp_path):
+    info = fetch_json(env, tmp_path / "root", "tiny-org/tiny-llama", "--triton-name", "tiny",
+                      "--vllm-arg", "gpu_memory_utilization=0.85", "--vllm-arg", "max_model_len=512")
+    entry = Path(info["path"])
+    hub_dir = entry / "share/models/hub"
+    slug = hub_dir / "models--tiny-org--tiny-llama"
+    assert (slug / "refs/main").read_bytes() == hub.llama.encode()  # 40 hex, no newline
+    assert not (slug / "trees").exists()
+    # vLLM's exact call, then transformers, offline, in a clean process.
+    probe = f"""
+import json, sys
+from huggingface_hub import snapshot_download
+p = snapshot_download(repo_id="tiny-org/tiny-llama", local_files_only=True,
+                      ignore_patterns="*", revision=None)
+from transformers import AutoConfig, AutoTokenizer
+cfg = AutoConfig.from_pretrained("tiny-org/tiny-llama")
+tok = AutoTokenizer.from_pretrained("tiny-org/tiny-llama")
+print(json.dumps({{"path": p, "arch": cfg.architectures, "ids": tok("hello world")["input_ids"]}}))
+"""
+    penv = {k: v for k, v in env.items() if k != "HF_ENDPOINT"}
+    penv.update(HF_HUB_CACHE=str(hub_dir), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    out = json.loads(subprocess.run([sys.executable, "-c", probe], env=penv, check=True,
+                                    capture_output=True, text=True).stdout.splitlines()[-1])
+    assert out["path"] == str(slug / "snapshots" / hub.llama)
+    assert out["arch"] == ["LlamaForCausalLM"] and out["ids"]
+    # Triton: the model directory, one copy of the bytes through a relative symlink.
+    tdir = entry / "share/models/tiny"
+    weights = tdir / "weights"
+    assert weights.is_symlink() and not os.readlink(weights).startswith("/")
+    assert (weights / "model.safetensors").samefile(
+        slug / "snapshots" / hub.llama / "model.safetensors")
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    cfg = text_format.Parse((tdir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert cfg.backend == "vllm" and cfg.max_batch_size == 0
+    assert cfg.model_transaction_policy.decoupled
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_MODEL
+    assert json.loads((tdir / "model-defaults.json").read_text()) == {
+        "gpu_memory_utilization": 0.85, "max_model_len": 512}
+
+
+def test_entry_is_read_only_and_never_names_its_location(env, tmp_path):
+    info = fetch_json(env, tmp_path / "root", "tiny-org/tiny-llama")
+    entry = Path(info["path"])
+    for dirpath, dirnames, filenames in os.walk(entry):
+        for n in dirnames + filenames:
+            p = Path(dirpath) / n
+            if p.is_symlink():
+                assert not os.readlink(p).startswith("/")
+                continue
+            assert not p.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), p
+            if p.is_file():
+                assert str(tmp_path).encode() not in p.read_bytes()
+    manifest = json.loads((entry / "share/model-pull/manifest.json").read_text())
+    assert manifest["revision"] == info["revision"] and "time" not in json.dumps(manifest)
+
+
+def test_same_inputs_give_the_same_entry_anywhere(env, tmp_path):
+    a = fetch_json(env, tmp_path / "a", "tiny-org/tiny-llama")
+    b = fetch_json(env, tmp_path / "b", "tiny-org/tiny-llama")
+    assert (a["narHash"], a["storeName"]) == (b["narHash"], b["storeName"])
+    c = fetch_json(env, tmp_path / "c", "tiny-org/tiny-llama", "--layout", "hf")
+    assert c["narHash"] != a["narHash"]
+
+
+def test_package_of_an_hf_cache_tree_equals_fetch(hub, env, tmp_path):
+    fetched = fetch_json(env, tmp_path / "a", "tiny-org/tiny-llama")
+    cache = tmp_path / "hfcache"
+    subprocess.run([sys.executable, "-c", "from huggingface_hub import snapshot_download; "
+                    f"snapshot_download('tiny-org/tiny-llama', cache_dir={str(cache)!r})"],
+                   env=env, check=True, capture_output=True)
+    packaged = json.loads(mp(env, "package", str(cache / "models--tiny-org--tiny-llama"),
+                             "--root", str(tmp_path / "b"), "--json").stdout)
+    assert packaged["narHash"] == fetched["narHash"]
+    # and a plain directory with the same files, given the repo and revision
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name, data in tiny_llama_files(seed=1).items():
+        (plain / name).write_bytes(data)
+    packaged2 = json.loads(mp(env, "package", str(plain), "--repo", "tiny-org/tiny-llama",
+                              "--revision", hub.llama, "--name", "tiny-llama",
+                              "--root", str(tmp_path / "c"), "--json").stdout)
+    assert packaged2["narHash"] == fetched["narHash"]
+    assert (plain / "config.json").stat().st_mode & stat.S_IWUSR  # the source is untouched
+
+
+def test_gguf_single_and_hf_layouts(hub, env, tmp_path):
+    root = tmp_path / "root"
+    g = fetch_json(env, root, "tiny-org/tiny-gguf", "--layout", "gguf")
+    assert [f["path"] for f in g["files"]] == ["tiny.gguf"]  # *.gguf by default
+    assert (Path(g["path"]) / "share/models/gguf/tiny.gguf").stat().st_size == \
+        (hub.data / "tiny.gguf").stat().st_size
+    s = fetch_json(env, root, "tiny-org/tiny-llama", "--layout", "single", "--name", "single",
+                   "--triton-name", "tiny_single")
+    tdir = Path(s["path"]) / "share/models/tiny_single"
+    assert (tdir / "weights/model.safetensors").is_file() and (tdir / "config.pbtxt").is_file()
+    assert not (Path(s["path"]) / "share/models/hub").exists()
+
+
+def test_patch_tokenizer_for_sglang(hub, env, tmp_path):
+    files = tiny_llama_files(seed=3)
+    cfg = json.loads(files["tokenizer_config.json"])
+    cfg["tokenizer_class"] = "TokenizersBackend"
+    files["tokenizer_config.json"] = json.dumps(cfg).encode()
+    hub.hub.add_repo("tiny-org/tokenizers-backend", files)
+    info = fetch_json(env, tmp_path / "root", "tiny-org/tokenizers-backend", "--layout", "hf",
+                      "--patch-tokenizer")
+    snap = next((Path(info["path"]) / "share/models/hub").glob("models--*/snapshots/*"))
+    assert json.loads((snap / "tokenizer_config.json").read_text())["tokenizer_class"] == \
+        "PreTrainedTokenizerFast"
+
+
+def test_unknown_vllm_argument_is_refused(env, tmp_path):
+    p = mp(env, "fetch", "tiny-org/tiny-llama", "--vllm-arg", "gpu_memory_utilisation=0.9",
+           "--root", str(tmp_path / "root"), check=False)
+    assert p.returncode == 25
+    assert "gpu_memory_utilization" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "root" / "models" / "tiny-llama").exists()
+
+
+# --- bad input: one line, its own exit code, nothing installed --------------------------------
+
+
+@pytest.mark.parametrize(("args", "code", "words"), [
+    (["tiny-org/does-not-exist"], 10, "not found"),
+    (["tiny-org/tiny-llama", "--revision", "no-such-branch"], 11, "revision"),
+    (["gated/tiny"], 12, "--token-file"),
+    (["tiny-org/tiny-llama", "--include", "*.onnx"], 13, "no file matches"),
+])
+def test_bad_input_one_line_distinct_code_nothing_installed(env, tmp_path, args, code, words):
+    root = tmp_path / "root"
+    p = mp(env, "fetch", *args, "--root", str(root), check=False)
+    assert p.returncode == code, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0]
+    assert snapshot(root) == {}
+
+
+def test_unreachable_hub(env, tmp_path):
+    env = {**env, "HF_ENDPOINT": "http://127.0.0.1:9"}
+    p = mp(env, "fetch", "tiny-org/tiny-llama", "--root", str(tmp_path / "r"), check=False)
+    assert p.returncode == 18 and "cannot reach" in p.stderr
+
+
+def test_gated_repo_with_token_file_and_the_token_leaks_nowhere(env, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    root = tmp_path / "root"
+    # The DevHub accepts the token it was told about; tell it this one.
+    wrong = mp(env, "fetch", "gated/tiny", "--token-file", str(token_file), "--root", str(root),
+               check=False)
+    assert wrong.returncode == 12 and TOKEN not in wrong.stderr + wrong.stdout
+    good = mp({**env, "HF_TOKEN": "hf_test_token_123"}, "-v", "fetch", "gated/tiny",
+              "--root", str(root), "--json")
+    assert json.loads(good.stdout)["name"] == "tiny"
+    for base in (root,):
+        for dirpath, _, filenames in os.walk(base):
+            for n in filenames:
+                p = Path(dirpath) / n
+                if p.is_file() and not p.is_symlink():
+                    data = p.read_bytes()
+                    assert b"hf_test_token_123" not in data and TOKEN.encode() not in data, p
+    assert "hf_test_token_123" not in good.stderr + good.stdout
+
+
+def test_corrupt_download_is_refused_and_the_old_entry_stays(hub, env, tmp_path):
+    root = tmp_path / "root"
+    files = tiny_llama_files(seed=4)
+    hub.hub.add_repo("broken/flip", files)
+    first = fetch_json(env, root, "broken/flip")
+    before = snapshot(root)
+    files2 = dict(files, **{"model.safetensors": files["model.safetensors"][:-8] + b"\x01" * 8})
+    hub.hub.add_repo("broken/flip", files2)
+    hub.hub.inject("broken/flip", "model.safetensors", corrupt=True)
+    try:
+        p = mp(env, "fetch", "broken/flip", "--root", str(root), check=False)
+    finally:
+        hub.hub.clear_faults("broken/flip")
+    assert p.returncode == 14, p.stderr
+    assert "model.safetensors" in p.stderr and "expected" in p.stderr and "got" in p.stderr
+    assert snapshot(root) == before
+    assert (root / "models/flip").resolve() == Path(first["path"])
+    # the bad bytes were not kept: the next pull downloads again and succeeds
+    again = fetch_json(env, root, "broken/flip")
+    assert again["narHash"] != first["narHash"]
+
+
+def test_unsafe_listing_is_refused_before_anything_is_written(hub, env, tmp_path):
+    root = tmp_path / "root"
+    for bad in ("../escape.txt", "/etc/passwd-copy", "a/../../b", "sub\\win.txt"):
+        repo = f"broken/unsafe{abs(hash(bad)) % 10000}"
+        hub.hub.add_repo(repo, {"config.json": b"{}", bad: b"x"}, allow_unsafe_names=True)
+        p = mp(env, "fetch", repo, "--root", str(root), check=False)
+        assert p.returncode == 15, (bad, p.stderr)
+        assert "unsafe" in p.stderr
+        slug = "models--" + repo.replace("/", "--")
+        assert not (root / "cache" / slug).exists()
+    assert snapshot(root) == {}
+
+
+def test_disk_full_is_one_line_and_leaves_nothing(env, tmp_path):
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare to mount a tiny tmpfs")
+    root = tmp_path / "small"
+    root.mkdir()
+    cmd = (f"mount -t tmpfs -o size=160k none {root} && "
+           f"exec {' '.join(MODEL_PULL)} fetch tiny-org/tiny-llama --root {root}")
+    p = subprocess.run(["unshare", "-m", "sh", "-c", cmd], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 16, p.stderr
+    assert "no space left" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_no_permission_says_sudo(env, tmp_path):
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop CAP_DAC_OVERRIDE")
+    root = tmp_path / "ro"
+    root.mkdir()
+    root.chmod(0o555)
+    caps = "-dac_override,-dac_read_search,-fowner"
+    p = subprocess.run(["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *MODEL_PULL,
+                        "fetch", "tiny-org/tiny-llama", "--root", str(root)],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 17, p.stderr
+    assert "sudo" in p.stderr
+
+
+# --- atomic and resumable ----------------------------------------------------------------------
+
+
+def test_kill_9_mid_download_changes_nothing_and_the_next_pull_resumes(hub, env, tmp_path):
+    root = tmp_path / "root"
+    base = tiny_llama_files(seed=5)
+    hub.hub.add_repo("tiny-org/resume", base)
+    first = fetch_json(env, root, "tiny-org/resume")
+    before = snapshot(root)
+    # huggingface_hub writes in 10 MiB chunks: kill once more than one chunk has arrived.
+    big = os.urandom(24 << 20)
+    hub.hub.add_repo("tiny-org/resume", dict(base, **{"extra.safetensors": big}))
+    hub.hub.inject("tiny-org/resume", "extra.safetensors", throttle_bps=12 << 20)
+    hub.hub.reset_counters()
+    proc = subprocess.Popen([*MODEL_PULL, "fetch", "tiny-org/resume", "--root", str(root)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    partial = root / "cache/models--tiny-org--resume"
+    while sum(p.stat().st_size for p in partial.glob("*.incomplete")) < (10 << 20):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert snapshot(root) == before
+    assert (root / "models/resume").resolve() == Path(first["path"])
+    hub.hub.clear_faults("tiny-org/resume")
+    served_before = hub.hub.bytes_served("tiny-org/resume", "extra.safetensors")
+    second = fetch_json(env, root, "tiny-org/resume")
+    served_after = hub.hub.bytes_served("tiny-org/resume", "extra.safetensors")
+    assert served_after - served_before < len(big)  # resumed: the first bytes were not resent
+    assert any(r.range for r in hub.hub.requests("tiny-org/resume", "extra.safetensors")
+               if r.method == "GET")
+    assert second["previous"] == first["path"]
+    assert (root / "models/resume").resolve() == Path(second["path"])
+    assert not list((root / "staging").iterdir())
+
+
+def test_one_pull_at_a_time(env, tmp_path):
+    from model_pull.store import StateRoot
+
+    root = tmp_path / "root"
+    state = StateRoot(root)
+    with state.lock():
+        p = mp(env, "fetch", "tiny-org/tiny-gguf", "--layout", "gguf", "--no-wait",
+               "--root", str(root), check=False)
+        assert p.returncode == 19 and "another pull" in p.stderr
+        waiting = subprocess.Popen([*MODEL_PULL, "fetch", "tiny-org/tiny-gguf", "--layout",
+                                    "gguf", "--root", str(root)], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert waiting.poll() is None
+    out, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0 and "waiting for another pull" in err
+
+
+# --- life cycle: list, verify, rollback, gc ----------------------------------------------------
+
+
+def test_verify_rollback_gc(hub, env, tmp_path):
+    root = tmp_path / "root"
+    files = tiny_llama_files(seed=6)
+    hub.hub.add_repo("tiny-org/cycle", files)
+    one = fetch_json(env, root, "tiny-org/cycle")
+    hub.hub.add_repo("tiny-org/cycle", dict(files, **{"README.md": b"v2\n"}))
+    two = fetch_json(env, root, "tiny-org/cycle")
+    assert one["revision"] != two["revision"] and two["previous"] == one["path"]
+    listed = json.loads(mp(env, "list", "--root", str(root), "--json").stdout)["models"]
+    assert [(m["name"], m["revision"], m["narHash"]) for m in listed] == \
+        [("cycle", two["revision"], two["narHash"])]
+    assert mp(env, "verify", "cycle", "--root", str(root)).returncode == 0
+    back = json.loads(mp(env, "rollback", "cycle", "--root", str(root), "--json").stdout)
+    assert back["to"] == one["path"]
+    assert (root / "models/cycle").resolve() == Path(one["path"])
+    removed = json.loads(mp(env, "gc", "--root", str(root), "--json").stdout)["removed"]
+    assert two["path"] in removed and not Path(two["path"]).exists()
+    assert Path(one["path"]).exists()
+    # corrupt the live entry: verify names the file and fails with its own code
+    victim = Path(one["path"]) / f"share/models/hub/models--tiny-org--cycle/snapshots/" \
+        f"{one['revision']}/config.json"
+    victim.chmod(0o644)
+    victim.write_text('{"tampered": true}')
+    bad = mp(env, "verify", "--root", str(root), check=False)
+    assert bad.returncode == 21 and "config.json" in bad.stdout
+
+
+def test_prefetch_prints_a_nix_pin(env, tmp_path):
+    out = mp(env, "prefetch", "tiny-org/tiny-gguf", "--layout", "gguf",
+             "--root", str(tmp_path / "root")).stdout
+    if shutil.which("nix-instantiate"):
+        ev = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", out],
+                            env=env, check=True, capture_output=True, text=True).stdout
+        pin = json.loads(ev)
+    else:
+        pytest.skip("nix-instantiate not installed")
+    info = fetch_json(env, tmp_path / "root", "tiny-org/tiny-gguf", "--layout", "gguf")
+    assert pin == {"repo": "tiny-org/tiny-gguf", "revision": info["revision"], "layout": "gguf",
+                   "narHash": info["narHash"]}
+
+
+def test_pinned_nar_hash_refuses_anything_else(env, tmp_path):
+    p = mp(env, "fetch", "tiny-org/tiny-gguf", "--layout", "gguf", "--nar-hash",
+           "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "--root", str(tmp_path / "r"),
+           check=False)
+    assert p.returncode == 22 and "pinned" in p.stderr
+    assert snapshot(tmp_path / "r") == {}
+
+
+def test_piped_output_has_no_progress_bars(env, tmp_path):
+    p = mp(env, "fetch", "tiny-org/tiny-llama", "--root", str(tmp_path / "root"))
+    assert p.stderr == "" and "narHash" in p.stdout
