@@ -31,14 +31,27 @@ range past the end            416                          ``HfHubHTTPError``
 a ``GatedRepoError`` (a subclass of ``RepositoryNotFoundError``). As on the real Hub, a gated
 repo's metadata (model info, tree) is public; only ``resolve`` needs the token.
 
+What the real client does with what this server sends (huggingface_hub 2.4, measured):
+
+- Resume: ``http_get`` reads bodies in 10 MiB chunks; when the connection drops mid-body it
+  retries IN THE SAME PROCESS with ``Range: bytes=<last whole chunk>-`` (tested with
+  ``inject(drop_after=N)``). It never resumes across processes: each download writes to a
+  process-unique ``<etag>.<uuid8>.incomplete``; a killed process leaves that file behind and the
+  next one starts at byte 0. Cross-process resume needs the caller's own Range requests.
+- Unsafe names: ``snapshot_download`` raises ValueError for absolute names and '..' segments
+  (before writing that file, but after files listed earlier), ValueError "embedded null byte"
+  for NUL, and WRITES names with a backslash on POSIX. Check the listing before downloading.
+- Integrity: only sizes are checked; a corrupt body of the right size is accepted.
+
 State lives in ``data_dir``: ``blobs/<sha256>`` (content-addressed bytes) and
 ``repos/<org>/<name>.json`` (commits, refs, gating, faults). The JSON on disk is the source of
 truth and is re-read when it changes, so ``python -m model_pull.devhub serve DIR`` in another
 process sees repos added later with :meth:`DevHub.add_repo`.
 
 Fault injection (tests only; see :meth:`DevHub.inject`): serve bytes that do not match the
-listed hash (same size, every byte inverted), throttle a file's body to N bytes/second, list
-unsafe file names (``add_repo(..., allow_unsafe_names=True)``). Every resolve request is
+listed hash (same size, every byte inverted), throttle a file's body to N bytes/second, cut
+the connection after N body bytes, list unsafe file names
+(``add_repo(..., allow_unsafe_names=True)``). Every resolve request is
 recorded (:meth:`DevHub.requests`, :meth:`DevHub.bytes_served`) so a test can prove that a
 resumed download asked for a Range and did not get the first bytes again.
 """
@@ -85,6 +98,7 @@ LFS_PATTERNS: tuple[str, ...] = (
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
 DEFAULT_PAGE_SIZE = 1000
 _CHUNK = 1024 * 1024
+_INVERT = bytes(b ^ 0xFF for b in range(256))
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _REPO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 # An LFS pointer file: what `pointerSize` measures.
@@ -140,6 +154,7 @@ class Fault:
     path: str | None = None
     corrupt: bool = False
     throttle_bps: int | None = None
+    drop_after: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -151,6 +166,7 @@ class Fault:
             path=data.get("path"),
             corrupt=bool(data.get("corrupt", False)),
             throttle_bps=int(bps) if bps is not None else None,
+            drop_after=int(data["drop_after"]) if data.get("drop_after") is not None else None,
         )
 
 
@@ -263,6 +279,7 @@ class DevHub:
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[int, Repo]] = {}
         self._records: list[RequestRecord] = []
+        self._served: dict[tuple[str, str], int] = {}
 
     # ---- repos -------------------------------------------------------------------------
 
@@ -406,17 +423,21 @@ class DevHub:
         *,
         corrupt: bool = False,
         throttle_bps: int | None = None,
+        drop_after: int | None = None,
     ) -> None:
         """Make ``path`` (or every file of the repo, with ``path=None``) misbehave.
 
         ``corrupt``: serve bytes of the right size that do not match the listed hash.
         ``throttle_bps``: send the body at about this many bytes per second.
+        ``drop_after``: a GET from offset 0 gets this many body bytes, then the connection is
+        closed (Content-Length promised more); a Range request that resumes is served in full.
         A new fault for the same path replaces the old one; persisted with the repo.
         """
         repo = self._require(repo_id)
         faults = tuple(f for f in repo.faults if f.path != path)
-        if corrupt or throttle_bps is not None:
-            faults += (Fault(path=path, corrupt=corrupt, throttle_bps=throttle_bps),)
+        fault = Fault(path, corrupt=corrupt, throttle_bps=throttle_bps, drop_after=drop_after)
+        if fault != Fault(path):
+            faults += (fault,)
         self._save(dataclasses.replace(repo, faults=faults))
 
     def clear_faults(self, repo_id: str) -> None:
@@ -436,13 +457,20 @@ class DevHub:
             if (repo_id is None or r.repo_id == repo_id) and (path is None or r.path == path)
         ]
 
+    def _count(self, repo_id: str, path: str, n: int) -> None:
+        with self._lock:
+            key = (repo_id, path)
+            self._served[key] = self._served.get(key, 0) + n
+
     def bytes_served(self, repo_id: str, path: str) -> int:
-        """Body bytes actually written for this file (all requests, all revisions)."""
-        return sum(r.body_bytes for r in self.requests(repo_id, path))
+        """Body bytes written so far for this file (all requests, all revisions; live)."""
+        with self._lock:
+            return self._served.get((repo_id, path), 0)
 
     def reset_counters(self) -> None:
         with self._lock:
             self._records.clear()
+            self._served.clear()
 
     # ---- serving -----------------------------------------------------------------------
 
@@ -737,44 +765,58 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         try:
             if not head and length:
                 with self.hub.blob_path(entry.sha256).open("rb") as blob:
-                    sent = self._send_body(blob, start, length, fault)
+                    sent = self._send_body(blob, start, length, fault, (repo_id, filename))
         finally:
             self._record(RequestRecord(method, repo_id, filename, range_header, status, sent))
 
-    def _send_body(self, blob: BinaryIO, start: int, length: int, fault: Fault | None) -> int:
-        if fault is None or (not fault.corrupt and fault.throttle_bps is None):
-            return self._sendfile(blob, start, length)
+    def _send_body(
+        self, blob: BinaryIO, start: int, length: int, fault: Fault | None, key: tuple[str, str]
+    ) -> int:
+        if fault is None or fault == Fault(fault.path):
+            return self._sendfile(blob, start, length, key)
         blob.seek(start)
-        sent = 0
+        limit = length
+        if fault.drop_after is not None and start == 0:
+            limit = min(length, fault.drop_after)
+            self.close_connection = True
         chunk = _CHUNK
         if fault.throttle_bps is not None:
             chunk = max(fault.throttle_bps // 20, 1)
+        sent = 0
         t0 = time.monotonic()
-        while sent < length:
-            data = blob.read(min(chunk, length - sent))
-            if not data:
-                break
-            if fault.corrupt:
-                data = bytes(b ^ 0xFF for b in data)
-            self.wfile.write(data)
-            sent += len(data)
-            if fault.throttle_bps is not None:
-                due = t0 + sent / fault.throttle_bps
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+        try:
+            while sent < limit:
+                data = blob.read(min(chunk, limit - sent))
+                if not data:
+                    break
+                if fault.corrupt:
+                    data = data.translate(_INVERT)
+                self.wfile.write(data)
+                sent += len(data)
+                self.hub._count(*key, len(data))
+                if fault.throttle_bps is not None:
+                    delay = t0 + sent / fault.throttle_bps - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        if sent < length:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
         return sent
 
-    def _sendfile(self, blob: BinaryIO, start: int, length: int) -> int:
+    def _sendfile(self, blob: BinaryIO, start: int, length: int, key: tuple[str, str]) -> int:
         self.wfile.flush()
         sock: socket.socket = self.connection
         sent = 0
         try:
             while sent < length:
-                n = sock.sendfile(blob, start + sent, length - sent)
+                n = sock.sendfile(blob, start + sent, min(length - sent, 64 * _CHUNK))
                 if n == 0:
                     break
                 sent += n
+                self.hub._count(*key, n)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         return sent

@@ -44,6 +44,8 @@ class LlamaShape:
 HF_SHAPE = LlamaShape(hidden=64, layers=2, heads=4, kv_heads=2, ffn=128)
 # head size 32: a head size of 16 breaks llama-server's `-ctk q8_0` (notes/llama-server.md)
 GGUF_SHAPE = LlamaShape(hidden=128, layers=2, heads=4, kv_heads=2, ffn=256)
+# A smaller draft model for speculative decoding (`-md`): same vocabulary, head size 32.
+DRAFT_GGUF_SHAPE = LlamaShape(hidden=64, layers=1, heads=2, kv_heads=1, ffn=128)
 
 FP8_QUANTIZATION_CONFIG: dict[str, Any] = {
     "quant_method": "fp8",
