@@ -138,14 +138,15 @@ def test_store_nix_imports_the_entry_with_a_gc_root(env, tmp_path):
 
 def test_dual_entry_resolves_offline_for_vllm_transformers_and_triton(hub, env, tmp_path):
     info = fetch_json(env, tmp_path / "root", "tiny-org/tiny-llama", "--triton-name", "tiny",
-                      "--vllm-arg", "gpu_memory_utilization=0.85", "--vllm-arg", "max_model_len=512")
+                      "--vllm-arg", "gpu_memory_utilization=0.85",
+                      "--vllm-arg", "max_model_len=512")
     entry = Path(info["path"])
     hub_dir = entry / "share/models/hub"
     slug = hub_dir / "models--tiny-org--tiny-llama"
     assert (slug / "refs/main").read_bytes() == hub.llama.encode()  # 40 hex, no newline
     assert not (slug / "trees").exists()
     # vLLM's exact call, then transformers, offline, in a clean process.
-    probe = f"""
+    probe = """
 import json, sys
 from huggingface_hub import snapshot_download
 p = snapshot_download(repo_id="tiny-org/tiny-llama", local_files_only=True,
@@ -153,7 +154,7 @@ p = snapshot_download(repo_id="tiny-org/tiny-llama", local_files_only=True,
 from transformers import AutoConfig, AutoTokenizer
 cfg = AutoConfig.from_pretrained("tiny-org/tiny-llama")
 tok = AutoTokenizer.from_pretrained("tiny-org/tiny-llama")
-print(json.dumps({{"path": p, "arch": cfg.architectures, "ids": tok("hello world")["input_ids"]}}))
+print(json.dumps({"path": p, "arch": cfg.architectures, "ids": tok("hello world")["input_ids"]}))
 """
     penv = {k: v for k, v in env.items() if k != "HF_ENDPOINT"}
     penv.update(HF_HUB_CACHE=str(hub_dir), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
@@ -415,7 +416,7 @@ def test_one_pull_at_a_time(env, tmp_path):
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(3)
         assert waiting.poll() is None
-    out, err = waiting.communicate(timeout=120)
+    _, err = waiting.communicate(timeout=120)
     assert waiting.returncode == 0 and "waiting for another pull" in err
 
 
