@@ -304,6 +304,20 @@ def rollback(name: str, root: Path | None, as_json: bool) -> None:
         click.echo(f"{name}: {before.basename} -> {after.basename}")
 
 
+@cli.command()
+@click.option("--root", type=click.Path(path_type=Path), default=Path("demo-root"),
+              show_default=True, help="Where the demo's Hub and state root go.")
+def demo(root: Path) -> None:
+    """Run the whole job on a generated tiny model, offline (loopback Hub)."""
+    from model_pull import demo as demo_mod
+
+    result = demo_mod.run(root.resolve(), lambda line: click.echo(line, err=True))
+    _report(result.installed, False, None)
+    click.echo(f"  offline   vLLM's snapshot_download(local_files_only=True) -> {result.resolved}")
+    click.echo(f"  serve it  HF_HUB_CACHE={result.installed.entry.path}/share/models/hub "
+               f"HF_HUB_OFFLINE=1 vllm serve {result.installed.repo}")
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
