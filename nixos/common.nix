@@ -307,8 +307,22 @@ in
             ProtectKernelTunables = true;
             ProtectKernelModules = true;
             ProtectControlGroups = true;
+            ProtectKernelLogs = true;
+            ProtectClock = true;
+            ProtectHostname = true;
             RestrictSUIDSGID = true;
+            RestrictNamespaces = true;
+            RestrictRealtime = true;
             LockPersonality = true;
+            MemoryDenyWriteExecute = true;
+            SystemCallArchitectures = "native";
+            SystemCallFilter = [ "@system-service" ];
+            RestrictAddressFamilies = [
+              "AF_INET"
+              "AF_INET6"
+              "AF_UNIX"
+            ];
+            # Entries are world-readable (0444/0555) so the runtimes' user can read them.
             UMask = "0022";
             Nice = 10;
             IOSchedulingClass = "idle";

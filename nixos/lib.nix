@@ -103,6 +103,7 @@ rec {
       ProtectSystem = "strict";
       ProtectHome = true;
       PrivateTmp = true;
+      PrivateMounts = true;
       # PrivateDevices would hide /dev/nvidia*; a closed device policy does the job instead.
       PrivateDevices = false;
       DevicePolicy = "closed";
