@@ -314,7 +314,7 @@ in
             RestrictNamespaces = true;
             RestrictRealtime = true;
             LockPersonality = true;
-            MemoryDenyWriteExecute = true;
+            # No MemoryDenyWriteExecute: PyGObject's callbacks may need libffi closures.
             SystemCallArchitectures = "native";
             SystemCallFilter = [ "@system-service" ];
             RestrictAddressFamilies = [

@@ -90,7 +90,7 @@ let
       wantedBy = [ "multi-user.target" ];
       after = [ "network.target" ];
       unitConfig = ilib.startLimit // {
-        ConditionPathExists = ilib.hubRefsMain top.root inst.model m;
+        ConditionPathExists = [ (ilib.hubRefsMain top.root inst.model m) ];
       };
       environment =
         ilib.offlineHubEnv (ilib.hubCache top.root inst.model m) cacheDir // ilib.gpuEnv inst.gpus;

@@ -24,7 +24,10 @@ let
     text = builtins.readFile ./triton-assemble.sh;
   };
 
-  served = lib.filterAttrs (name: _: models ? ${name}) cfg.models;
+  # Models it can load; the others are reported by the assertions.
+  served = lib.filterAttrs (
+    name: _: models ? ${name} && lib.elem models.${name}.layout [ "dual" "single" ]
+  ) cfg.models;
 
   assembleArgs = lib.concatLists (
     lib.mapAttrsToList (name: m: [
