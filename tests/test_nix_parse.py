@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SKIP_DIRS = {".git", ".venv", "node_modules", "build", "result"}
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("nix-instantiate") is None, reason="nix-instantiate not installed (apt-get install nix-bin)"
+    shutil.which("nix-instantiate") is None,
+    reason="nix-instantiate not installed (apt-get install nix-bin)",
 )
 
 
@@ -27,7 +28,12 @@ def nix_files() -> list[Path]:
 
 def test_the_project_has_its_nix_files() -> None:
     names = {p.relative_to(ROOT).as_posix() for p in nix_files()}
-    for expected in ("flake.nix", "nixos/default.nix", "hosts/h100-server.nix", "tests/nix/eval.nix"):
+    for expected in (
+        "flake.nix",
+        "nixos/default.nix",
+        "hosts/h100-server.nix",
+        "tests/nix/eval.nix",
+    ):
         assert expected in names
 
 
@@ -35,6 +41,10 @@ def test_the_project_has_its_nix_files() -> None:
 def test_parses(path: Path, tmp_path: Path) -> None:
     env = {**os.environ, "NIX_STATE_DIR": str(tmp_path)}
     result = subprocess.run(
-        ["nix-instantiate", "--parse", str(path)], capture_output=True, text=True, env=env, check=False
+        ["nix-instantiate", "--parse", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     assert result.returncode == 0, result.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "nix"))
-import render_units  # noqa: E402
+import render_units
 
 GOLDEN = render_units.load_golden()
 RUNTIME_LIMITS = {"llama-server": 2.0, "vllm": 3.0, "sglang": 3.0, "triton": 3.0}
@@ -96,11 +96,19 @@ def exposure(path: Path) -> float:
 
 
 @pytest.mark.parametrize(("host", "unit", "runtime"), runtime_units())
-def test_exposure_within_the_issue_limit(host: str, unit: str, runtime: str, tmp_path: Path) -> None:
+def test_exposure_within_the_issue_limit(
+    host: str, unit: str, runtime: str, tmp_path: Path
+) -> None:
     path = write_unit(host, unit, tmp_path)
     limit = RUNTIME_LIMITS[runtime]
     result = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", f"--threshold={int(limit * 10)}", str(path)],
+        [
+            "systemd-analyze",
+            "security",
+            "--offline=yes",
+            f"--threshold={int(limit * 10)}",
+            str(path),
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -126,7 +134,11 @@ def test_render_keeps_lists_as_lines_and_quotes_environment() -> None:
             "after": ["network.target", "b.service"],
             "unitConfig": {"ConditionPathExists": ["/a", "/b"]},
             "environment": {"HF_HUB_OFFLINE": "1", "Q": 'say "hi"'},
-            "serviceConfig": {"CapabilityBoundingSet": [""], "PrivateUsers": True, "ExecStart": "/nix/store/x"},
+            "serviceConfig": {
+                "CapabilityBoundingSet": [""],
+                "PrivateUsers": True,
+                "ExecStart": "/nix/store/x",
+            },
             "wantedBy": ["multi-user.target"],
         },
         {"/nix/store/x": "/bin/true"},

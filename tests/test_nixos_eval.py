@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (Nix snippets, store paths and assertion messages are long literals)
 """The services.inference modules evaluated with nixpkgs' lib (lib.evalModules over nixos/,
 tests/nix/stubs.nix and each host). Needs NIXPKGS_LIB: a checkout of nixpkgs' lib, e.g.
 github:nix-community/nixpkgs.lib."""
@@ -25,7 +26,9 @@ pytestmark = [
         not (NIXPKGS_LIB and Path(NIXPKGS_LIB, "lib/default.nix").is_file()),
         reason="NIXPKGS_LIB is not set to a checkout of nixpkgs' lib (github:nix-community/nixpkgs.lib)",
     ),
-    pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="nix-instantiate not installed"),
+    pytest.mark.skipif(
+        shutil.which("nix-instantiate") is None, reason="nix-instantiate not installed"
+    ),
 ]
 
 COMMIT = "15852e8c16360a2fea060d615a32b45270f8a8fc"
@@ -73,7 +76,9 @@ def test_golden_file_matches_a_live_evaluation(golden: dict[str, Any]) -> None:
             "live evaluation",
             lineterm="",
         )
-        pytest.fail("golden file is stale; run `make update-golden NIXPKGS_LIB=...`\n" + "\n".join(diff))
+        pytest.fail(
+            "golden file is stale; run `make update-golden NIXPKGS_LIB=...`\n" + "\n".join(diff)
+        )
 
 
 def test_hosts_evaluate_without_failed_assertions(golden: dict[str, Any]) -> None:
@@ -90,7 +95,11 @@ def test_rtx5090_llama_server_follows_seed_003(golden: dict[str, Any]) -> None:
     assert unit["unitConfig"]["ConditionPathExists"] == [main, draft]
     assert unit["wantedBy"] == ["multi-user.target"]
     sc = unit["serviceConfig"]
-    assert (sc["User"], sc["Group"], sc["MemoryDenyWriteExecute"]) == ("inference", "inference", True)
+    assert (sc["User"], sc["Group"], sc["MemoryDenyWriteExecute"]) == (
+        "inference",
+        "inference",
+        True,
+    )
     assert sc["Restart"] == "on-failure"
     assert unit["unitConfig"]["StartLimitBurst"] == 5
     exec_start = sc["ExecStart"]
@@ -130,24 +139,33 @@ def test_h100_vllm_and_triton_share_one_dual_entry(golden: dict[str, Any]) -> No
     assert env["HF_HUB_CACHE"] == f"{entry}/share/models/hub"
     assert env["HF_HUB_OFFLINE"] == "1"
     assert vllm["serviceConfig"]["MemoryDenyWriteExecute"] is False
-    assert f'"{golden["packages"]["vllm"]}/bin/vllm" "serve" "Qwen/Qwen3.5-2B" "--config"' in (
-        vllm["serviceConfig"]["ExecStart"]
+    assert (
+        f'"{golden["packages"]["vllm"]}/bin/vllm" "serve" "Qwen/Qwen3.5-2B" "--config"'
+        in (vllm["serviceConfig"]["ExecStart"])
     )
     assert host["vllmSettings"]["qwen"]["gpu-memory-utilization"] == 0.4
 
     triton = host["units"]["triton.service"]
-    assert triton["unitConfig"]["ConditionPathExists"] == [f"{entry}/share/models/qwen3_5_2b/config.pbtxt"]
+    assert triton["unitConfig"]["ConditionPathExists"] == [
+        f"{entry}/share/models/qwen3_5_2b/config.pbtxt"
+    ]
     assert triton["environment"]["HF_HUB_OFFLINE"] == "1"
     assert triton["environment"]["HF_HUB_CACHE"] == "/run/triton/hub"
     assert triton["serviceConfig"]["RuntimeDirectory"] == "triton"
     pre = triton["serviceConfig"]["ExecStartPre"]
-    assert pre.endswith(f'"/run/triton" "qwen3_5_2b" "{entry}" "{{\\"gpu_memory_utilization\\":0.4}}"')
+    assert pre.endswith(
+        f'"/run/triton" "qwen3_5_2b" "{entry}" "{{\\"gpu_memory_utilization\\":0.4}}"'
+    )
     assert '"--http-port=8010"' in triton["serviceConfig"]["ExecStart"]
 
     model = host["manifest"]["models"]["qwen3_5-2b"]
     assert model["revision"] == COMMIT
     assert model["layout"] == "dual" and model["tritonName"] == "qwen3_5_2b"
-    assert model["engineDefaults"] == {"gpu_memory_utilization": 0.85, "max_model_len": 4096, "dtype": "auto"}
+    assert model["engineDefaults"] == {
+        "gpu_memory_utilization": 0.85,
+        "max_model_len": 4096,
+        "dtype": "auto",
+    }
     assert sorted(model["units"]) == ["triton.service", "vllm-qwen.service"]
     assert host["manifest"]["units"]["triton.service"]["cudaCapabilities"] == ["9.0"]
 
@@ -167,8 +185,10 @@ def test_l4_box_serves_fp8_on_vllm_for_sm89(golden: dict[str, Any]) -> None:
     assert "model-pull.service" not in host["units"]  # autoPull is off
 
 
-GGUF_MODEL = 'services.inference.models.g = { repo = "org/g-GGUF"; revision = "%s"; layout = "gguf"; };' % COMMIT
-DUAL_MODEL = 'services.inference.models.d = { repo = "org/d"; revision = "%s"; layout = "dual"; };' % COMMIT
+GGUF_MODEL = f'services.inference.models.g = {{ repo = "org/g-GGUF"; revision = "{COMMIT}"; layout = "gguf"; }};'
+DUAL_MODEL = (
+    f'services.inference.models.d = {{ repo = "org/d"; revision = "{COMMIT}"; layout = "dual"; }};'
+)
 
 
 def test_nar_hash_gates_on_the_exact_entry(tmp_path: Path) -> None:
@@ -209,8 +229,14 @@ def test_exclusive_gpu_makes_runtimes_conflict(tmp_path: Path) -> None:
         tmp_path,
     )
     units = result["units"]
-    assert sorted(units["llama-server-a.service"]["conflicts"]) == ["sglang-c.service", "vllm-b.service"]
-    assert sorted(units["vllm-b.service"]["conflicts"]) == ["llama-server-a.service", "sglang-c.service"]
+    assert sorted(units["llama-server-a.service"]["conflicts"]) == [
+        "sglang-c.service",
+        "vllm-b.service",
+    ]
+    assert sorted(units["vllm-b.service"]["conflicts"]) == [
+        "llama-server-a.service",
+        "sglang-c.service",
+    ]
     sglang = units["sglang-c.service"]
     assert '"sglang.launch_server" "--model-path" "org/d"' in sglang["serviceConfig"]["ExecStart"]
     assert '"--mem-fraction-static" "0.5"' in sglang["serviceConfig"]["ExecStart"]
@@ -302,7 +328,8 @@ def test_broken_configuration_names_the_option(case: str, tmp_path: Path) -> Non
 
 def test_a_branch_revision_warns(tmp_path: Path) -> None:
     result = evaluate(
-        '{ services.inference.models.x = { repo = "org/x"; revision = "main"; layout = "hf"; }; }', tmp_path
+        '{ services.inference.models.x = { repo = "org/x"; revision = "main"; layout = "hf"; }; }',
+        tmp_path,
     )
     assert result["assertions"] == []
     assert result["warnings"] == [
