@@ -1,0 +1,55 @@
+# A server with one H100 (Hopper, SM 9.0, 80 GB): standalone vLLM and Triton (vLLM backend)
+# serve the same `dual` entry of Qwen3.5-2B, one copy of the weights on disk (seed 000).
+{ pkgs, ... }:
+{
+  networking.hostName = "h100-server";
+
+  nixpkgs.config = {
+    allowUnfree = true;
+    cudaSupport = true;
+    cudaCapabilities = [ "9.0" ];
+  };
+
+  services.inference = {
+    # Pull at boot, in the background; the units start when their entry is installed.
+    autoPull = true;
+
+    models.qwen3_5-2b = {
+      repo = "Qwen/Qwen3.5-2B";
+      # The snapshot seed 000 packages.
+      revision = "15852e8c16360a2fea060d615a32b45270f8a8fc";
+      layout = "dual";
+      tritonName = "qwen3_5_2b";
+      exclude = [ "*.pth" ];
+      # model-defaults.json of the entry; Triton's 1/model.json starts from it.
+      engineDefaults = {
+        gpu_memory_utilization = 0.85;
+        max_model_len = 4096;
+        dtype = "auto";
+      };
+    };
+
+    # Both servers share the GPU: each takes 40 % of its memory.
+    vllm.instances.qwen = {
+      model = "qwen3_5-2b";
+      port = 8000;
+      settings = {
+        gpu-memory-utilization = 0.4;
+        max-model-len = 4096;
+        served-model-name = [ "qwen3.5-2b" ];
+      };
+    };
+
+    triton = {
+      enable = true;
+      # nixpkgs has no Triton Inference Server: provide one through an overlay.
+      package = pkgs.triton-inference-server;
+      models.qwen3_5-2b.overrides = {
+        gpu_memory_utilization = 0.4;
+      };
+      httpPort = 8010;
+      grpcPort = 8011;
+      metricsPort = 8012;
+    };
+  };
+}

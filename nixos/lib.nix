@@ -1,0 +1,201 @@
+# Helpers shared by the services.inference modules. Pure functions of nixpkgs' lib:
+# the paths the units gate on (docs/ARCHITECTURE.md, "What the runtimes read"), the
+# hardening every runtime unit gets, and systemd command-line quoting.
+{ lib }:
+let
+  # '/' and '+' cannot appear in a file name the way the helper writes it.
+  sanitiseNarHash = lib.replaceStrings [ "/" "+" ] [ "_" "-" ];
+in
+rec {
+  inherit sanitiseNarHash;
+
+  # M in docs/ARCHITECTURE.md: the current entry, or the exact content-addressed one.
+  entryPath =
+    root: name: model:
+    if model.narHash != null then
+      "${root}/by-hash/${sanitiseNarHash model.narHash}"
+    else
+      "${root}/models/${name}";
+
+  # "org/name" -> "models--org--name", the huggingface_hub cache directory name.
+  hubRepoDir = repo: "models--${lib.replaceStrings [ "/" ] [ "--" ] repo}";
+
+  hubCache = root: name: model: "${entryPath root name model}/share/models/hub";
+
+  hubRefsMain =
+    root: name: model:
+    "${hubCache root name model}/${hubRepoDir model.repo}/refs/main";
+
+  ggufFile =
+    root: name: model: file:
+    "${entryPath root name model}/share/models/gguf/${file}";
+
+  tritonConfig =
+    root: name: model:
+    "${entryPath root name model}/share/models/${model.tritonName}/config.pbtxt";
+
+  # One argument of an Exec*= line, as nixpkgs' utils.escapeSystemdExecArg quotes it:
+  # JSON-style double quotes, and '%' / '$' doubled so systemd expands neither.
+  escapeExecArg =
+    arg:
+    let
+      s =
+        if builtins.isString arg || builtins.isPath arg || lib.isDerivation arg then
+          "${arg}"
+        else if builtins.isInt arg || builtins.isFloat arg then
+          toString arg
+        else
+          throw "escapeExecArg: cannot pass a ${builtins.typeOf arg} on a command line";
+    in
+    lib.replaceStrings [ "%" "$" ] [ "%%" "$$" ] (builtins.toJSON s);
+
+  execLine = args: lib.concatMapStringsSep " " escapeExecArg args;
+
+  # RFC 42 escape hatch: { ctx-size = 4096; no-webui = true; } -> [ "--ctx-size" "4096" "--no-webui" ]
+  # (Own renderer: llama.cpp does not parse "--flag=value", and lib.cli changed in 25.11.)
+  settingsToArgs =
+    settings:
+    let
+      value = v: if builtins.isFloat v then builtins.toJSON v else toString v;
+      flag =
+        k: v:
+        if v == true then
+          [ "--${k}" ]
+        else if v == false || v == null then
+          [ ]
+        else if builtins.isList v then
+          lib.concatMap (x: [
+            "--${k}"
+            (value x)
+          ]) v
+        else
+          [
+            "--${k}"
+            (value v)
+          ];
+    in
+    lib.concatLists (lib.mapAttrsToList flag settings);
+
+  # Device nodes of the NVIDIA driver. Major 195 registers as "nvidia" on current drivers and
+  # as "nvidia-frontend" on older ones: allow both, or the GPU vanishes (notes/nixos.md).
+  gpuDeviceAllow = map (d: "${d} rw") [
+    "char-nvidiactl"
+    "char-nvidia-caps"
+    "char-nvidia-frontend"
+    "char-nvidia"
+    "char-nvidia-uvm"
+  ];
+
+  # The hardening of every runtime unit. `jit = true` for the PyTorch runtimes, which
+  # need writable+executable memory (MemoryDenyWriteExecute breaks them).
+  hardening =
+    {
+      user,
+      root,
+      jit,
+    }:
+    {
+      User = user;
+      Group = user;
+      DynamicUser = false;
+      # Entries are read-only for the runtimes; only model-pull (root) writes the state root.
+      ReadOnlyPaths = [ root ];
+      ProtectSystem = "strict";
+      ProtectHome = true;
+      PrivateTmp = true;
+      PrivateMounts = true;
+      # PrivateDevices would hide /dev/nvidia*; a closed device policy does the job instead.
+      PrivateDevices = false;
+      DevicePolicy = "closed";
+      DeviceAllow = gpuDeviceAllow;
+      PrivateUsers = true;
+      NoNewPrivileges = true;
+      CapabilityBoundingSet = [ "" ];
+      AmbientCapabilities = [ "" ];
+      ProtectClock = true;
+      ProtectControlGroups = true;
+      ProtectHostname = true;
+      ProtectKernelLogs = true;
+      ProtectKernelModules = true;
+      ProtectKernelTunables = true;
+      ProtectProc = "invisible";
+      # /proc/meminfo and /proc/cpuinfo are read to size buffers and threads.
+      ProcSubset = "all";
+      LockPersonality = true;
+      RestrictNamespaces = true;
+      RestrictRealtime = true;
+      RestrictSUIDSGID = true;
+      RemoveIPC = true;
+      MemoryDenyWriteExecute = !jit;
+      RestrictAddressFamilies = [
+        "AF_INET"
+        "AF_INET6"
+        "AF_UNIX"
+        # NVML and NCCL read interface lists over netlink.
+        "AF_NETLINK"
+      ];
+      SystemCallArchitectures = "native";
+      SystemCallFilter = [
+        "@system-service @resources"
+        "~@privileged"
+      ];
+      SystemCallErrorNumber = "EPERM";
+      UMask = "0077";
+      # systemctl stop leaves it stopped; a crash is retried a bounded number of times.
+      Restart = "on-failure";
+      RestartSec = "10s";
+    };
+
+  # Goes in unitConfig: at most 5 starts in 10 minutes, then the unit stays failed.
+  startLimit = {
+    StartLimitBurst = 5;
+    StartLimitIntervalSec = 600;
+  };
+
+  # CUDA capabilities the runtime packages were built for (manifest `cudaCapabilities`).
+  cudaCapabilities =
+    config: pkgs: pkgs.cudaPackages.flags.cudaCapabilities or (config.nixpkgs.config.cudaCapabilities or [ ]);
+
+  # Environment of the runtimes that load through huggingface_hub (vLLM, SGLang, Triton's
+  # vLLM backend): the cache is the entry, and nothing is ever downloaded at run time.
+  offlineHubEnv = hubCacheDir: cacheDir: {
+    HF_HUB_CACHE = hubCacheDir;
+    HF_HUB_OFFLINE = "1";
+    TRANSFORMERS_OFFLINE = "1";
+    HF_HUB_DISABLE_TELEMETRY = "1";
+    DO_NOT_TRACK = "1";
+    VLLM_NO_USAGE_STATS = "1";
+    # Compiled kernels and torch.compile caches go to the unit's CacheDirectory.
+    HOME = cacheDir;
+    XDG_CACHE_HOME = cacheDir;
+    VLLM_CACHE_ROOT = "${cacheDir}/vllm";
+    TRITON_CACHE_DIR = "${cacheDir}/triton-kernels";
+    TORCHINDUCTOR_CACHE_DIR = "${cacheDir}/torchinductor";
+    FLASHINFER_WORKSPACE_BASE = cacheDir;
+  };
+
+  gpuEnv =
+    gpus: lib.optionalAttrs (gpus != null) { CUDA_VISIBLE_DEVICES = lib.concatStringsSep "," gpus; };
+
+  # Assertions for an instance that reads a declared model through the HF cache.
+  hfModelAssertions =
+    {
+      option,
+      models,
+      model,
+      runtime,
+      layouts,
+    }:
+    [
+      {
+        assertion = models ? ${model};
+        message = "${option}: model \"${model}\" is not declared in services.inference.models.";
+      }
+      {
+        assertion = !(models ? ${model}) || lib.elem models.${model}.layout layouts;
+        message = "${option}: ${runtime} cannot read model \"${model}\" with layout \"${
+          models.${model}.layout or ""
+        }\"; set services.inference.models.${model}.layout to one of: ${lib.concatStringsSep ", " layouts}.";
+      }
+    ];
+}

@@ -1,0 +1,174 @@
+# services.inference.sglang.instances.<name>: SGLang's server on a dual or hf entry, offline.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  top = config.services.inference;
+  cfg = top.sglang;
+  ilib = import ./lib.nix { inherit lib; };
+  inherit (lib) types mkOption;
+  models = top.resolvedModels;
+
+  instanceModule = {
+    options = {
+      model = mkOption {
+        type = types.str;
+        example = "phi-4-mini-fp8";
+        description = ''
+          Name of the model in `services.inference.models` (layout `hf` or `dual`). SGLang 0.5.x
+          needs `patchTokenizer = true` for tokenizers saved by transformers >= 4.58.
+        '';
+      };
+      package = mkOption {
+        type = types.package;
+        default = cfg.package;
+        defaultText = lib.literalExpression "config.services.inference.sglang.package";
+        description = "Python environment with SGLang for this instance.";
+      };
+      host = mkOption {
+        type = types.str;
+        default = "127.0.0.1";
+        description = "Address to listen on.";
+      };
+      port = mkOption {
+        type = types.port;
+        default = 30000;
+        description = "Port of the OpenAI-compatible API.";
+      };
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Open `port` in the firewall.";
+      };
+      gpus = mkOption {
+        type = types.nullOr (types.listOf types.str);
+        default = null;
+        description = "GPUs visible to SGLang (`CUDA_VISIBLE_DEVICES`); `null`: all.";
+      };
+      settings = mkOption {
+        type = types.attrsOf (
+          types.oneOf [
+            types.bool
+            types.int
+            types.float
+            types.str
+            (types.listOf types.str)
+          ]
+        );
+        default = { };
+        example = {
+          mem-fraction-static = 0.8;
+          context-length = 8192;
+          enable-metrics = true;
+        };
+        description = ''
+          SGLang server arguments by long name (RFC 42), rendered to flags:
+          `{ mem-fraction-static = 0.8; }` gives `--mem-fraction-static 0.8`.
+        '';
+      };
+      extraArgs = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        description = "Arguments appended verbatim (quoted) to the command line.";
+      };
+    };
+  };
+
+  unitName = name: "sglang-${name}";
+
+  mkService =
+    name: inst:
+    let
+      m = models.${inst.model};
+      cacheDir = "/var/cache/inference/${unitName name}";
+    in
+    {
+      description = "SGLang server ${name} (${m.repo})";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network.target" ];
+      unitConfig = ilib.startLimit // {
+        ConditionPathExists = [ (ilib.hubRefsMain top.root inst.model m) ];
+      };
+      environment =
+        ilib.offlineHubEnv (ilib.hubCache top.root inst.model m) cacheDir // ilib.gpuEnv inst.gpus;
+      serviceConfig =
+        ilib.hardening {
+          user = "inference";
+          root = top.root;
+          jit = true;
+        }
+        // {
+          CacheDirectory = "inference/${unitName name}";
+          ExecStart = ilib.execLine (
+            [
+              (lib.getExe' inst.package "python")
+              "-m"
+              "sglang.launch_server"
+              "--model-path"
+              m.repo
+              "--host"
+              inst.host
+              "--port"
+              inst.port
+            ]
+            ++ ilib.settingsToArgs inst.settings
+            ++ inst.extraArgs
+          );
+          TimeoutStartSec = "15min";
+        };
+    };
+in
+{
+  options.services.inference.sglang = {
+    package = mkOption {
+      type = types.package;
+      default = pkgs.python3.withPackages (ps: [ ps.sglang ]);
+      defaultText = lib.literalExpression "pkgs.python3.withPackages (ps: [ ps.sglang ])";
+      description = "Python environment with SGLang (its `bin/python` runs `sglang.launch_server`).";
+    };
+    instances = mkOption {
+      type = types.attrsOf (types.submodule instanceModule);
+      default = { };
+      description = "SGLang instances, each a unit `sglang-<name>.service`.";
+    };
+  };
+
+  config = lib.mkIf (cfg.instances != { }) {
+    assertions = lib.concatLists (
+      lib.mapAttrsToList (
+        name: inst:
+        ilib.hfModelAssertions {
+          option = "services.inference.sglang.instances.${name}.model";
+          inherit models;
+          inherit (inst) model;
+          runtime = "SGLang";
+          layouts = [
+            "hf"
+            "dual"
+          ];
+        }
+      ) cfg.instances
+    );
+
+    systemd.services = lib.mapAttrs' (name: inst: lib.nameValuePair (unitName name) (mkService name inst)) (
+      lib.filterAttrs (_: inst: models ? ${inst.model}) cfg.instances
+    );
+
+    services.inference.runtimeUnits = lib.mapAttrs' (
+      name: inst:
+      lib.nameValuePair "${unitName name}.service" {
+        runtime = "sglang";
+        option = "services.inference.sglang.instances.${name}.port";
+        models = [ inst.model ];
+        ports = [ inst.port ];
+      }
+    ) cfg.instances;
+
+    networking.firewall.allowedTCPPorts = lib.concatLists (
+      lib.mapAttrsToList (_: inst: lib.optional inst.openFirewall inst.port) cfg.instances
+    );
+  };
+}

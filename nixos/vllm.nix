@@ -1,0 +1,168 @@
+# services.inference.vllm.instances.<name>: `vllm serve` on a dual or hf entry, offline.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  top = config.services.inference;
+  cfg = top.vllm;
+  ilib = import ./lib.nix { inherit lib; };
+  inherit (lib) types mkOption;
+  models = top.resolvedModels;
+  yaml = pkgs.formats.yaml { };
+
+  instanceModule = {
+    options = {
+      model = mkOption {
+        type = types.str;
+        example = "qwen3-8b";
+        description = "Name of the model in `services.inference.models` (layout `dual` or `hf`).";
+      };
+      package = mkOption {
+        type = types.package;
+        default = cfg.package;
+        defaultText = lib.literalExpression "config.services.inference.vllm.package";
+        description = "vLLM package of this instance.";
+      };
+      host = mkOption {
+        type = types.str;
+        default = "127.0.0.1";
+        description = "Address to listen on.";
+      };
+      port = mkOption {
+        type = types.port;
+        default = 8000;
+        description = "Port of the OpenAI-compatible API.";
+      };
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Open `port` in the firewall.";
+      };
+      gpus = mkOption {
+        type = types.nullOr (types.listOf types.str);
+        default = null;
+        example = [
+          "0"
+          "1"
+        ];
+        description = "GPUs visible to vLLM (`CUDA_VISIBLE_DEVICES`); `null`: all.";
+      };
+      settings = mkOption {
+        type = yaml.type;
+        default = { };
+        example = {
+          gpu-memory-utilization = 0.85;
+          max-model-len = 8192;
+          served-model-name = [ "qwen" ];
+        };
+        description = ''
+          vLLM's own arguments (long names, as in `vllm serve --help`), written to the YAML
+          file passed with `--config`. Command-line `--host`/`--port` win over it.
+        '';
+      };
+      extraArgs = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        description = "Arguments appended verbatim (quoted) to the command line.";
+      };
+    };
+  };
+
+  unitName = name: "vllm-${name}";
+
+  mkService =
+    name: inst:
+    let
+      m = models.${inst.model};
+      cacheDir = "/var/cache/inference/${unitName name}";
+      configFile = yaml.generate "vllm-${name}.yaml" inst.settings;
+    in
+    {
+      description = "vLLM server ${name} (${m.repo})";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network.target" ];
+      unitConfig = ilib.startLimit // {
+        ConditionPathExists = [ (ilib.hubRefsMain top.root inst.model m) ];
+      };
+      environment =
+        ilib.offlineHubEnv (ilib.hubCache top.root inst.model m) cacheDir // ilib.gpuEnv inst.gpus;
+      serviceConfig =
+        ilib.hardening {
+          user = "inference";
+          root = top.root;
+          jit = true;
+        }
+        // {
+          CacheDirectory = "inference/${unitName name}";
+          ExecStart = ilib.execLine (
+            [
+              (lib.getExe' inst.package "vllm")
+              "serve"
+              m.repo
+            ]
+            ++ lib.optionals (inst.settings != { }) [
+              "--config"
+              configFile
+            ]
+            ++ [
+              "--host"
+              inst.host
+              "--port"
+              inst.port
+            ]
+            ++ inst.extraArgs
+          );
+          # Loading weights and compiling graphs takes minutes.
+          TimeoutStartSec = "15min";
+        };
+    };
+in
+{
+  options.services.inference.vllm = {
+    package = lib.mkPackageOption pkgs "vllm" { };
+    instances = mkOption {
+      type = types.attrsOf (types.submodule instanceModule);
+      default = { };
+      description = "vLLM instances, each a unit `vllm-<name>.service`.";
+    };
+  };
+
+  config = lib.mkIf (cfg.instances != { }) {
+    assertions = lib.concatLists (
+      lib.mapAttrsToList (
+        name: inst:
+        ilib.hfModelAssertions {
+          option = "services.inference.vllm.instances.${name}.model";
+          inherit models;
+          inherit (inst) model;
+          runtime = "vLLM";
+          layouts = [
+            "dual"
+            "hf"
+          ];
+        }
+      ) cfg.instances
+    );
+
+    systemd.services = lib.mapAttrs' (name: inst: lib.nameValuePair (unitName name) (mkService name inst)) (
+      lib.filterAttrs (_: inst: models ? ${inst.model}) cfg.instances
+    );
+
+    services.inference.runtimeUnits = lib.mapAttrs' (
+      name: inst:
+      lib.nameValuePair "${unitName name}.service" {
+        runtime = "vllm";
+        option = "services.inference.vllm.instances.${name}.port";
+        models = [ inst.model ];
+        ports = [ inst.port ];
+      }
+    ) cfg.instances;
+
+    networking.firewall.allowedTCPPorts = lib.concatLists (
+      lib.mapAttrsToList (_: inst: lib.optional inst.openFirewall inst.port) cfg.instances
+    );
+  };
+}
