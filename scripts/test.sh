@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, types, then pytest (real Hub client on loopback, real Nix,
+# real systemd in a container, a real llama-server built from source and cached).
+# Extra arguments go to pytest. NIXPKGS_LIB=DIR (a nixpkgs.lib checkout) adds the live
+# evaluation of the NixOS modules; without it those tests skip and say why.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+LLAMA_SERVER=$(scripts/build-llama-server.sh)
+export LLAMA_SERVER
+.venv/bin/ruff check helper tests bench
+.venv/bin/mypy
+exec .venv/bin/python -m pytest "$@"
