@@ -1,0 +1,98 @@
+"""`model-pull` with no arguments: make the state root match the NixOS manifest.
+
+Pulls every declared model that is missing or differs from its declaration (revision, files,
+layout, pin), then restarts the units waiting for the models that changed, over D-Bus. A model
+that is already there costs no network and no hashing, so a no-op run is fast. One model's
+failure does not stop the others; the first failure decides the exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model_pull import hub, pull
+from model_pull.errors import ExitCode, ModelPullError
+from model_pull.layouts import Layout
+from model_pull.manifest import DeclaredModel, Manifest
+from model_pull.progress import Progress
+from model_pull.store import StateRoot
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SyncResult:
+    installed: list[pull.Installed] = field(default_factory=list)
+    failed: dict[str, ModelPullError] = field(default_factory=dict)
+    restarted: list[object] = field(default_factory=list)  # systemd.UnitOutcome
+    restart_error: ModelPullError | None = None
+
+    def units_to_restart(self, manifest: Manifest) -> list[str]:
+        units: list[str] = []
+        for inst in self.installed:
+            if inst.changed:
+                for unit in manifest.models[inst.name].units:
+                    if unit not in units:
+                        units.append(unit)
+        return units
+
+
+def options_for(model: DeclaredModel) -> pull.Options:
+    return pull.Options(
+        layout=Layout(str(model.layout)), name=model.name, include=model.include,
+        exclude=model.exclude, triton_name=model.triton_name,
+        engine_defaults=dict(model.engine_defaults), patch_tokenizer=model.patch_tokenizer,
+        expect_nar=model.nar_hash,
+    )
+
+
+def sync(
+    manifest: Manifest, *, root: Path | None = None, restart: bool = True,
+    progress: Progress, wait: bool = True, say: Callable[[str], None] = logger.info,
+) -> SyncResult:
+    state = StateRoot(root or manifest.root)
+    token = hub.read_token(manifest.token_file) if manifest.token_file else hub.read_token(None)
+    remote = hub.Remote(endpoint=manifest.endpoint, token=token)
+    result = SyncResult()
+    for name, model in sorted(manifest.models.items()):
+        if not hub.COMMIT_RE.match(model.revision):
+            say(f"warning: {name} follows {model.revision!r}, not a commit: not reproducible")
+        try:
+            installed = pull.fetch(model.repo, model.revision, options_for(model), state, remote,
+                                   progress=progress, wait=wait)
+        except ModelPullError as exc:
+            result.failed[name] = exc
+            say(f"{name}: error: {exc}")
+            continue
+        result.installed.append(installed)
+        say(f"{name}: {'installed ' + installed.entry.basename if installed.changed else 'up to date'}")
+    units = result.units_to_restart(manifest)
+    if restart and units:
+        from model_pull import systemd
+
+        try:
+            result.restarted = list(systemd.restart_waiting_units(units))
+        except ModelPullError as exc:
+            result.restart_error = exc
+    return result
+
+
+def raise_for(result: SyncResult) -> None:
+    """The pull's own failures first; then restarts (the pull itself succeeded)."""
+    if result.failed:
+        name, first = next(iter(result.failed.items()))
+        others = len(result.failed) - 1
+        raise ModelPullError(first.code, f"{name}: {first.message}" +
+                             (f" (and {others} more model(s) failed)" if others else ""),
+                             hint=first.hint)
+    if result.restart_error is not None:
+        raise result.restart_error
+    from model_pull import systemd
+
+    systemd.raise_for_failed(result.restarted)  # type: ignore[arg-type]
+
+
+__all__ = ["ExitCode", "SyncResult", "options_for", "raise_for", "sync"]
