@@ -1,4 +1,4 @@
-"""Synthetic models for the check tests: HF-style directories and real GGUF files (gguf.GGUFWriter)."""
+"""Synthetic models for the check tests: HF-style directories and real GGUFs (gguf.GGUFWriter)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ def gguf_model(path: Path, tensor_type: gguf.GGMLQuantizationType, *,
                head_count: int = 4, head_count_kv: int = 2, embd: int = 128,
                vocab_tokens: int = 0) -> Path:
     """A llama-architecture GGUF with real tensors of `tensor_type` (norms stay F32)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     w = gguf.GGUFWriter(path, "llama")
     w.add_context_length(context)
     w.add_embedding_length(embd)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from model_pull.compat import (
-    TABLE, PackageArch, Runtime, Support, code_sm, decide,
+    TABLE,
+    PackageArch,
+    Runtime,
+    Support,
+    code_sm,
+    decide,
 )
 from model_pull.gpu import Sm
 from model_pull.quant import Method, Scheme

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gguf
 import pytest
-from _check_models import LLAMA_8B, gguf_model
 
+from _check_models import LLAMA_8B, gguf_model
 from model_pull.ggufmeta import read_gguf
 from model_pull.quant import Method, Scheme, detect, detect_gguf
 
