@@ -175,3 +175,41 @@ def test_bad_input_is_one_line_with_a_distinct_code(tmp_path, fp8):
     assert r.returncode == 2 and "several GGUF models" in r.stderr
     r = run(str(fp8), "--gpu", "L4", "--kv-cache-dtype", "q4_0")
     assert r.returncode == 2 and "vllm" in r.stderr
+
+
+# --- REPO mode: the real huggingface_hub client against the loopback Hub (devhub) ------------
+
+
+def test_repo_mode_reads_metadata_only(new_repo, devhub, tmp_path):
+    config = json.dumps({"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 32,
+                         "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096,
+                         "max_position_embeddings": 8192, "torch_dtype": "bfloat16"}).encode()
+    hqc = json.dumps({"quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": "FP8"}})
+    repo = new_repo({"config.json": config, "hf_quant_config.json": hqc.encode(),
+                     "model.safetensors": b"\0" * (3 << 20)})
+    code, out = as_json(repo.repo, "--revision", "main", "--gpu", "H100")
+    assert code == 31 and out["quantization"]["algo"] == "NVFP4"
+    assert out["memory"]["weights"] == 3 << 20
+    assert out["model"].startswith(f"{repo.repo}@{repo.commit[:12]}")
+    assert devhub.hub.requests(repo.repo, "model.safetensors") == []  # no weights read
+
+
+def test_repo_mode_reads_a_gguf_header_with_a_range_request(new_repo, devhub, tmp_path):
+    p = gguf_model(tmp_path / "m-Q8_0.gguf", gguf.GGMLQuantizationType.Q8_0,
+                   file_type=gguf.LlamaFileType.MOSTLY_Q8_0, vocab_tokens=2000)
+    data = p.read_bytes() + b"\0" * (6 << 20)  # more tensor data than one range read takes
+    repo = new_repo({"m-Q8_0.gguf": data, "README.md": b"hi"})
+    code, out = as_json(repo.repo, "--gpu", "L4")
+    assert code == 0 and out["runtime"] == "llama-server"
+    assert out["quantization"]["algo"] == "Q8_0"
+    assert out["memory"]["weights"] == len(data)
+    gets = [r for r in devhub.hub.requests(repo.repo, "m-Q8_0.gguf") if r.method == "GET"]
+    assert gets and all(r.range == "bytes=0-4194303" for r in gets)
+    assert sum(r.body_bytes for r in gets) < len(data)
+
+
+def test_repo_mode_missing_repo_and_revision(hub_repos):
+    r = run(hub_repos.missing_repo, "--gpu", "L4")
+    assert r.returncode == 10 and r.stderr.startswith("error: ")
+    r = run(hub_repos.tiny_llama.repo, "--revision", hub_repos.missing_revision, "--gpu", "L4")
+    assert r.returncode == 11
