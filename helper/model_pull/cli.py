@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-from model_pull import __version__
+from model_pull import __version__, check
+from model_pull.compat import Runtime
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.layouts import Layout
 
@@ -316,6 +317,55 @@ def demo(root: Path) -> None:
     click.echo(f"  offline   vLLM's snapshot_download(local_files_only=True) -> {result.resolved}")
     click.echo(f"  serve it  HF_HUB_CACHE={result.installed.entry.path}/share/models/hub "
                f"HF_HUB_OFFLINE=1 vllm serve {result.installed.repo}")
+
+
+@cli.command("check")
+@click.argument("target", metavar="NAME|PATH|REPO")
+@click.option("--revision", help="Hub revision (branch, tag or commit) for a REPO.")
+@click.option("--runtime", type=click.Choice([r.value for r in Runtime]),
+              help="Runtime to plan for (default: llama-server for GGUF, else vllm).")
+@click.option("--gpu", "gpus", multiple=True, metavar="SPEC",
+              help="Plan for a GPU instead of reading NVML: 8.9:24GiB or a name (L4, H100 ...). "
+                   "Repeat for several.")
+@click.option("--package-sm", metavar="LIST",
+              help="SMs the runtime build was compiled for (cudaCapabilities), e.g. 8.9,9.0.")
+@click.option("--no-forward-compat", is_flag=True,
+              help="The build has no PTX (nixpkgs cudaForwardCompat = false).")
+@click.option("--context", type=int, help="Context length (default: the model's maximum).")
+@click.option("--parallel", type=int, help="Parallel sequences (default: the runtime's).")
+@click.option("--kv-cache-dtype", metavar="T", help="KV cache type: fp8, q8_0, q4_0, f16 ...")
+@click.option("--strict", is_flag=True, help="Fail (exit 30) unless the verdict is native.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--root", metavar="DIR", help="State root (default $MODEL_PULL_ROOT or "
+              "/var/lib/inference).")
+def check_cmd(target: str, revision: str | None, runtime: str | None, gpus: tuple[str, ...],
+              package_sm: str | None, no_forward_compat: bool, context: int | None,
+              parallel: int | None, kv_cache_dtype: str | None, strict: bool, as_json: bool,
+              root: str | None) -> None:
+    """Will this model run on this GPU, with this runtime build, in this much memory?
+
+    Reads metadata only (config.json, hf_quant_config.json, GGUF headers), never weights.
+    Exit: 0 ok, 30 emulated (--strict), 31 unsupported, 32 does not fit, 33 no GPU information.
+    """
+    rt = Runtime(runtime) if runtime else None
+    meta = check.load_target(target, root=check.state_root(root), revision=revision)
+    arches = check.parse_package_sms(package_sm) if package_sm else ()
+    if not arches and "/" not in target:
+        unit = check.unit_facts_from_manifest(target, rt)
+        if unit is not None:
+            rt = rt or unit.runtime
+            arches = unit.arches
+    found, problem = check.gather_gpus(gpus)
+    report = check.preflight(meta, rt, found, gpu_problem=problem, package_arches=arches,
+                             forward_compat=not no_forward_compat, context=context,
+                             parallel=parallel, kv_cache_dtype=kv_cache_dtype)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(check.render_text(report))
+    code = report.exit_code(strict)
+    if code is not ExitCode.OK:
+        sys.exit(int(code))
 
 
 def main() -> None:

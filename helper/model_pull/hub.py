@@ -237,3 +237,50 @@ def _xet_available() -> bool:
     except ImportError:
         return False
     return bool(is_xet_available())
+
+
+# --- metadata reads (used by check) ---
+# List a repo with sizes, read one small file, read the first bytes of a file by an HTTP Range
+# request. No weights are downloaded, nothing is written to any cache.
+
+
+def list_files_with_sizes(repo: str, revision: str | None,
+                          remote: Remote | None = None) -> tuple[str, list[tuple[str, int]]]:
+    """(commit sha, [(path, size)]) of every file in the repo at `revision`."""
+    remote = remote or Remote(token=read_token(None))
+    commit = resolve_revision(repo, revision or "main", remote)
+    return commit, [(f.path, f.size) for f in list_files(repo, commit, remote)]
+
+
+def read_small_file(repo: str, path: str, revision: str, remote: Remote | None = None) -> bytes:
+    """The bytes of one small metadata file (config.json ...) at `revision` (a commit)."""
+    return read_file_head(repo, path, revision, None, remote)
+
+
+def read_file_head(repo: str, path: str, revision: str, length: int | None,
+                   remote: Remote | None = None) -> bytes:
+    """The first `length` bytes of a repo file (all of it for None), by an HTTP Range request.
+
+    A server that ignores Range answers 200 with the whole body: the stream stops after `length`.
+    """
+    from huggingface_hub import get_session, hf_hub_url, hf_raise_for_status
+    from huggingface_hub.utils._headers import build_hf_headers
+
+    remote = remote or Remote(token=read_token(None))
+    url = hf_hub_url(repo, path, revision=revision, endpoint=remote.endpoint)
+    headers = build_hf_headers(token=remote.token or None)
+    if length is not None:
+        headers["Range"] = f"bytes=0-{length - 1}"
+    chunks: list[bytes] = []
+    got = 0
+    with hub_errors(repo, revision, remote), get_session().stream(
+        "GET", url, headers=headers, follow_redirects=True, timeout=30
+    ) as response:
+        hf_raise_for_status(response)
+        for chunk in response.iter_bytes():
+            chunks.append(chunk)
+            got += len(chunk)
+            if length is not None and got >= length:
+                break
+    data = b"".join(chunks)
+    return data if length is None else data[:length]
