@@ -11,16 +11,19 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model_pull import compat, fit, gpu, quant
 from model_pull.compat import PackageArch, Runtime, Support
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.ggufmeta import GgufInfo, HeaderIncompleteError, read_gguf, read_gguf_header
 from model_pull.gpu import GpuFacts
+
+if TYPE_CHECKING:
+    from model_pull import hub as hub_types
 
 logger = logging.getLogger(__name__)
 
@@ -487,6 +490,14 @@ def metadata_from_hub(repo: str, revision: str | None) -> ModelMetadata:
     from model_pull import hub  # imports huggingface_hub: only for REPO mode
 
     commit, listing = hub.list_files_with_sizes(repo, revision)
+    return metadata_from_listing(repo, commit, listing)
+
+
+def metadata_from_listing(repo: str, commit: str, listing: Sequence[tuple[str, int]],
+                          remote: hub_types.Remote | None = None) -> ModelMetadata:
+    """The metadata of the files `listing` names (path, size) at `commit`, read from the Hub."""
+    from model_pull import hub
+
     desc = f"{repo}@{commit[:12]}"
     sizes = dict(listing)
     if "config.json" not in sizes:
@@ -505,7 +516,7 @@ def metadata_from_hub(repo: str, revision: str | None) -> ModelMetadata:
         first = parts[0]
         want = min(GGUF_HEAD_BYTES, sizes[first])
         while True:
-            head = hub.read_file_head(repo, first, commit, want)
+            head = hub.read_file_head(repo, first, commit, want, remote)
             try:
                 return ModelMetadata.from_files({}, sum(sizes[p] for p in parts),
                                                 gguf_header=head, gguf_size=sizes[first],
@@ -520,7 +531,7 @@ def metadata_from_hub(repo: str, revision: str | None) -> ModelMetadata:
     for name in ("config.json", "hf_quant_config.json", "model.safetensors.index.json"):
         if name in sizes:
             try:
-                files[name] = json.loads(hub.read_small_file(repo, name, commit))
+                files[name] = json.loads(hub.read_small_file(repo, name, commit, remote))
             except ValueError as exc:
                 raise ModelPullError(ExitCode.BAD_INPUT, f"{repo}: {name} is not JSON") from exc
     index = files.get("model.safetensors.index.json")
@@ -532,3 +543,37 @@ def metadata_from_hub(repo: str, revision: str | None) -> ModelMetadata:
         weights = sum(safes) if safes else sum(s for p, s in listing
                                                if p.endswith(_WEIGHT_SUFFIXES))
     return ModelMetadata.from_files(files, weights, description=desc)
+
+
+def gate_fetch(
+    repo: str, commit: str, listing: Sequence[tuple[str, int]], *,
+    remote: hub_types.Remote | None = None, runtime: Runtime | None = None,
+    gpu_specs: Sequence[str] = (), package_arches: Sequence[PackageArch] = (),
+    force: bool = False, warn: Callable[[str], None],
+) -> Report | None:
+    """The check `fetch` runs before downloading weights, from metadata only.
+
+    Refuses an unsupported or non-fitting model (its own exit code) unless `force`; with no GPU
+    information (a build host) or metadata it cannot read, it warns and lets the pull go on.
+    """
+    try:
+        meta = metadata_from_listing(repo, commit, listing, remote)
+    except ModelPullError as exc:
+        if exc.code is not ExitCode.BAD_INPUT:
+            raise
+        warn(f"not checked against the GPU: {exc.message}")
+        return None
+    gpus, problem = gather_gpus(gpu_specs)
+    report = preflight(meta, runtime, gpus, gpu_problem=problem, package_arches=package_arches)
+    code = report.exit_code()
+    if code is ExitCode.NO_GPU_INFO:
+        warn(f"{problem or 'no GPU information'}: packaging without a GPU check "
+             "(plan for the target with model-pull check --gpu)")
+    elif code in (ExitCode.UNSUPPORTED, ExitCode.DOES_NOT_FIT):
+        reasons = "; ".join(report.reasons[:2]) if report.reasons else str(report.verdict)
+        if force:
+            warn(f"{repo}: {reasons} (pulling anyway: --force)")
+        else:
+            raise ModelPullError(code, f"{repo}: {reasons}",
+                                 hint="see model-pull check; --force pulls anyway")
+    return report

@@ -137,20 +137,37 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.option("--revision", default="main", show_default=True, help="Branch, tag or commit.")
 @click.option("--token-file", type=click.Path(path_type=Path), default=None,
               help="File holding the HF token (else $HF_TOKEN).")
+@click.option("--runtime", type=click.Choice([r.value for r in Runtime]), default=None,
+              help="Runtime the check plans for (default: llama-server for gguf, else vllm).")
+@click.option("--gpu", "gpus", multiple=True, metavar="SPEC",
+              help="Check against this GPU instead of NVML (repeatable).")
+@click.option("--force", is_flag=True, help="Pull even if the check says it cannot run.")
 @_pull_options
 @_root_option
 @_json_option
 def fetch(repo: str, revision: str, token_file: Path | None, root: Path | None,
           as_json: bool, no_wait: bool, store_mode: str, nix_store_uri: str | None,
-          **opts: Any) -> None:
-    """Download REPO at a pinned revision, verify, package and install it."""
+          runtime: str | None, gpus: tuple[str, ...], force: bool, **opts: Any) -> None:
+    """Download REPO at a pinned revision, verify, package and install it.
+
+    First checks, from metadata only, that the model can run on this GPU (or --gpu).
+    """
     from model_pull import hub, pull
     from model_pull.progress import Progress
 
     state = _state(root)
     remote = hub.Remote(token=hub.read_token(token_file))
-    installed = pull.fetch(repo, revision, _options(**opts), state, remote,
-                           progress=Progress(not as_json), wait=not no_wait)
+    options = _options(**opts)
+    rt = Runtime(runtime) if runtime else (
+        Runtime.LLAMA_SERVER if options.layout is Layout.GGUF else None)
+
+    def gate(commit: str, chosen: list[Any]) -> None:
+        check.gate_fetch(repo, commit, [(f.path, f.size) for f in chosen], remote=remote,
+                         runtime=rt, gpu_specs=gpus, force=force,
+                         warn=lambda m: click.echo(f"warning: {m}", err=True))
+
+    installed = pull.fetch(repo, revision, options, state, remote,
+                           progress=Progress(not as_json), wait=not no_wait, preflight=gate)
     _report(installed, as_json, _nix_import(installed, state, store_mode, nix_store_uri))
 
 

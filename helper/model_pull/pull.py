@@ -211,7 +211,7 @@ def up_to_date(root: StateRoot, name: str, repo: str, revision: str,
 def fetch(
     repo: str, revision: str, options: Options, root: StateRoot, remote: hub.Remote, *,
     progress: Progress, wait: bool = True,
-    preflight: Callable[[list[hub.RemoteFile]], None] | None = None,
+    preflight: Callable[[str, list[hub.RemoteFile]], None] | None = None,
 ) -> Installed:
     name = options.model_name(repo)
     if hub.COMMIT_RE.match(revision):
@@ -223,7 +223,7 @@ def fetch(
     refuse_unsafe([f.path for f in listing])
     chosen = select(listing, options)
     if preflight is not None:
-        preflight(chosen)
+        preflight(commit, chosen)
     with root.lock(wait=wait), os_errors("download and install", root.path):
         done = up_to_date(root, name, repo, commit, options)
         if done is not None:
