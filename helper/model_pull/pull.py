@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -157,7 +158,9 @@ def _finish(
     expected: dict[str, _Expect], records: list[dict[str, Any]], options: Options,
     progress: Progress, extra_record: dict[str, Any],
 ) -> Installed:
+    t0 = time.monotonic()
     nar = _verify_and_hash(staging, spec, placed, expected, progress)
+    logger.info("verified and hashed %d bytes in %.2f s", nar.size, time.monotonic() - t0)
     if options.expect_nar and nar.sri != options.expect_nar:
         raise ModelPullError(
             ExitCode.PIN_MISMATCH,
@@ -232,7 +235,9 @@ def fetch(
                     options.engine_defaults, options.patch_tokenizer)
         _ensure_space(root, sum(f.size for f in chosen))
         progress.start(len(chosen), sum(f.size for f in chosen))
+        t0 = time.monotonic()
         blobs = _download_all(repo, commit, chosen, root, remote, progress)
+        logger.info("downloaded %d files in %.2f s", len(chosen), time.monotonic() - t0)
         expected: dict[str, _Expect] = {}
         placed: list[Placed] = []
         for f in chosen:
