@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import click
 
 from model_pull import __version__
+from model_pull import status as status_mod
 from model_pull.errors import ExitCode, ModelPullError
+from model_pull.manifest import Manifest
 
 logger = logging.getLogger("model_pull")
 
@@ -30,6 +34,26 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     )
     if ctx.invoked_subcommand is None:
         raise ModelPullError(ExitCode.ERROR, "manifest-driven pull is not implemented yet")
+
+
+@cli.command()
+@click.option("--root", type=click.Path(path_type=Path), envvar="MODEL_PULL_ROOT",
+              help="State root (default: the manifest's root, /var/lib/inference).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(root: Path | None, as_json: bool) -> None:
+    """Show each declared model, its entry, its units and the GPU memory they hold.
+
+    The manifest is /etc/inference/models.json (MODEL_PULL_MANIFEST overrides it). Exits 40
+    when systemd cannot be asked (no system bus, or not root), after printing the rest.
+    """
+    manifest = Manifest.load()
+    report = status_mod.collect(manifest, root or manifest.root)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(status_mod.render(report))
+    if report.bus_error is not None:
+        raise report.bus_error
 
 
 def main() -> None:
