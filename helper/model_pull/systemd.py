@@ -183,6 +183,8 @@ def restart_waiting_units(
     Failed units are reported in the outcomes, not raised: see `raise_for_failed`.
     """
     names = list(dict.fromkeys(units))
+    if not names:
+        return []  # nothing waits: no need for a bus (a pull without units must not fail)
     outcomes: dict[str, UnitOutcome] = {}
     with _connect() as sd:
         todo: dict[str, str] = {}  # unit -> object path

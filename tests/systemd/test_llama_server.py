@@ -85,7 +85,8 @@ def test_llama_server_starts_when_its_model_arrives(
     assert [m["id"] for m in json.loads(body)["data"]] == ["tiny"]
 
     status, body = ct.post_json(f"http://127.0.0.1:{PORT}/v1/completions",
-                                json.dumps({"prompt": "Hello", "max_tokens": 6}))
+                                json.dumps({"prompt": "Hello", "max_tokens": 6,
+                                            "ignore_eos": True, "temperature": 0}))
     assert status == 200, body
     answer = json.loads(body)
     assert answer["usage"]["completion_tokens"] == 6

@@ -129,6 +129,7 @@ def test_unit_that_fails_is_reported_with_its_journal(
 
 def test_no_bus_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path}/no-such-socket")
+    assert systemd.restart_waiting_units([]) == []  # no unit waits: the bus is not needed
     for call in (lambda: systemd.restart_waiting_units(["model-a.service"]),
                  lambda: systemd.unit_states(["model-a.service"])):
         with pytest.raises(ModelPullError) as err:
@@ -184,3 +185,16 @@ def test_container_does_not_leak(make_container):
     assert not Path("/run/systemd/nspawn/propagate", name).exists()
     assert not any(Path(root, name).exists() for root in
                    ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"))
+
+
+def test_background_service_for_phase_two(container: SystemdContainer, tmp_path: Path):
+    """start_service runs a server under the container's systemd (as the devhub will run)."""
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "hello.txt").write_text("hello from the container\n")
+    container.start_service("webroot.service", [sys.executable, "-m", "http.server", "18099",
+                                                "--bind", "127.0.0.1",
+                                                "--directory", str(tmp_path / "www")])
+    status, body = container.wait_http("http://127.0.0.1:18099/hello.txt")
+    assert (status, body) == (200, "hello from the container\n")
+    container.run(["systemctl", "stop", "webroot.service"])
+    assert "GET /hello.txt" in container.journal("webroot.service")
