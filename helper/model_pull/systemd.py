@@ -33,6 +33,7 @@ journal is read from that root (`journalctl --root=ROOT`); a bus that is not a l
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -227,8 +228,9 @@ def raise_for_failed(outcomes: Sequence[UnitOutcome]) -> None:
     if first.failed:
         detail = f"{first.unit} failed to start ({first.result or first.job_result}, " \
                  f"status {first.exec_main_status})"
-        if first.journal:
-            detail += f": {first.journal[-1]}"
+        telling = _telling_line(first.journal)
+        if telling:
+            detail += f": {telling}"
     else:
         conds = ", ".join(first.failed_conditions) or "its condition"
         detail = f"{first.unit} still does not start: {conds} not met after the install"
@@ -313,19 +315,39 @@ def journal_root(address: str) -> str | None:
 
 
 def journal_tail(unit: str, address: str, lines: int = JOURNAL_LINES) -> tuple[str, ...]:
-    """The last lines of a unit's journal, or one line saying why there are none."""
+    """The last lines of a unit's journal as "ident[pid]: message", or one line saying why not."""
     root = journal_root(address)
     if root is None:
         return (f"(no journal: the bus {address} is not a local socket)",)
     argv = ["journalctl"]
     if root != "/":
         argv.append(f"--root={root}")
-    argv += ["-u", unit, "-n", str(lines), "--no-pager", "--output=short-iso"]
+    argv += ["-u", unit, "-n", str(lines), "--no-pager", "--output=json"]
     result = process.run(argv, check=False, timeout=30)
     if result.returncode != 0:
         why = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
         return (f"(journalctl failed: {why})",)
-    return tuple(line for line in result.stdout.splitlines() if line.strip())
+    return tuple(_journal_line(line) for line in result.stdout.splitlines() if line.strip())
+
+
+def _journal_line(raw: str) -> str:
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return raw
+    message = record.get("MESSAGE", "")
+    if isinstance(message, list):  # not UTF-8: journalctl gives the bytes
+        message = bytes(message).decode("utf-8", "replace")
+    ident = record.get("SYSLOG_IDENTIFIER") or record.get("_COMM") or "?"
+    pid = record.get("_PID") or record.get("SYSLOG_PID")
+    return f"{ident}[{pid}]: {message}" if pid else f"{ident}: {message}"
+
+
+def _telling_line(journal: Sequence[str]) -> str | None:
+    """The last line the unit's own processes wrote (systemd's "Failed with result" says less)."""
+    own = [line for line in journal if not line.startswith("systemd[")]
+    candidates = own or list(journal)
+    return candidates[-1] if candidates else None
 
 
 class _Systemd:

@@ -123,7 +123,8 @@ def test_unit_that_fails_is_reported_with_its_journal(
     with pytest.raises(ModelPullError) as err:
         systemd.raise_for_failed([outcome])
     assert err.value.code is ExitCode.UNIT_FAILED
-    assert "broken.service failed to start" in str(err.value)
+    assert "broken.service failed to start (exit-code, status 3)" in str(err.value)
+    assert "wrong shape" in err.value.message  # the server's own words, not systemd's
     assert "journalctl -u broken.service" in str(err.value)
 
 
