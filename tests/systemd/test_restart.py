@@ -199,3 +199,18 @@ def test_background_service_for_phase_two(container: SystemdContainer, tmp_path:
     assert (status, body) == (200, "hello from the container\n")
     container.run(["systemctl", "stop", "webroot.service"])
     assert "GET /hello.txt" in container.journal("webroot.service")
+
+
+def test_slow_start_is_reported_as_still_starting(bus: SystemdContainer, tmp_path: Path):
+    """A server that loads for longer than we wait (Type=notify, not ready yet) is not failed."""
+    ready = tmp_path / "ready"
+    ready.touch()
+    bus.install_unit("slow.service", gated_unit(
+        ready, extra="Type=notify\nTimeoutStartSec=infinity"))
+
+    (outcome,) = systemd.restart_waiting_units(["slow.service"], timeout=1)
+
+    assert outcome.timed_out and not outcome.failed
+    assert (outcome.active_state, outcome.sub_state) == ("activating", "start")
+    assert outcome.describe() == "still starting (activating/start)"
+    systemd.raise_for_failed([outcome])
