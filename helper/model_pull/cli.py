@@ -15,9 +15,11 @@ from typing import Any
 import click
 
 from model_pull import __version__, check
+from model_pull import status as status_mod
 from model_pull.compat import Runtime
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.layouts import Layout
+from model_pull.manifest import Manifest
 
 logger = logging.getLogger("model_pull")
 
@@ -117,11 +119,17 @@ def _nix_import(installed: Any, root: Any, mode: str, uri: str | None) -> str | 
 @click.group(invoke_without_command=True)
 @click.version_option(__version__, prog_name="model-pull")
 @click.option("-v", "--verbose", is_flag=True, help="Log what is being done.")
+@click.option("--no-restart", is_flag=True,
+              help="With no command: do not restart the units waiting for new entries.")
+@click.option("--no-wait", is_flag=True,
+              help="With no command: fail instead of waiting for another pull.")
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool) -> None:
+def cli(ctx: click.Context, verbose: bool, no_restart: bool, no_wait: bool) -> None:
     """Fetch, verify and package Hugging Face weights into immutable entries.
 
-    With no command, pull every model the NixOS manifest declares.
+    With no command (as root): pull every model the NixOS manifest declares
+    (/etc/inference/models.json, or $MODEL_PULL_MANIFEST), verify pins, and restart the
+    units that were waiting for them.
     """
     logging.basicConfig(
         level=logging.DEBUG if os.environ.get("MODEL_PULL_DEBUG") else
@@ -129,7 +137,21 @@ def cli(ctx: click.Context, verbose: bool) -> None:
         format="%(levelname)s: %(message)s",
     )
     if ctx.invoked_subcommand is None:
-        raise ModelPullError(ExitCode.ERROR, "manifest-driven pull is not implemented yet")
+        _sync(restart=not no_restart, wait=not no_wait)
+
+
+def _sync(*, restart: bool, wait: bool) -> None:
+    from model_pull import sync
+    from model_pull.progress import Progress
+
+    manifest = Manifest.load()
+    result = sync.sync(manifest, restart=restart, progress=Progress(True), wait=wait,
+                       say=lambda line: click.echo(line, err=line.startswith("warning")))
+    for outcome in result.restarted:
+        click.echo(f"  {outcome.describe()}")
+    if result.restart_error is not None and not result.failed:
+        click.echo("the pull itself succeeded; the units were not restarted", err=True)
+    sync.raise_for(result)
 
 
 @cli.command()
@@ -383,6 +405,26 @@ def check_cmd(target: str, revision: str | None, runtime: str | None, gpus: tupl
     code = report.exit_code(strict)
     if code is not ExitCode.OK:
         sys.exit(int(code))
+
+
+@cli.command()
+@click.option("--root", type=click.Path(path_type=Path), envvar="MODEL_PULL_ROOT",
+              help="State root (default: the manifest's root, /var/lib/inference).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(root: Path | None, as_json: bool) -> None:
+    """Show each declared model, its entry, its units and the GPU memory they hold.
+
+    The manifest is /etc/inference/models.json (MODEL_PULL_MANIFEST overrides it). Exits 40
+    when systemd cannot be asked (no system bus, or not root), after printing the rest.
+    """
+    manifest = Manifest.load()
+    report = status_mod.collect(manifest, root or manifest.root)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(status_mod.render(report))
+    if report.bus_error is not None:
+        raise report.bus_error
 
 
 def main() -> None:

@@ -154,23 +154,64 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def read_nvml() -> NvmlReading:
-    """Every device's name, SM, total/free memory and the driver version, via pynvml.
-
-    Never raises for a missing driver or GPU: the reading says what is missing instead.
-    """
+def _nvml_init() -> str | None:
+    """Start NVML; the problem in words when it cannot start."""
     import pynvml  # the package nvidia-ml-py; imported here so planning needs no driver
 
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError_LibraryNotFound:
-        return NvmlReading((), "no NVIDIA driver: libnvidia-ml.so.1 (NVML) was not found")
+        return "no NVIDIA driver: libnvidia-ml.so.1 (NVML) was not found"
     except pynvml.NVMLError_DriverNotLoaded:
-        return NvmlReading((), "the NVIDIA driver is installed but not loaded (no kernel module)")
+        return "the NVIDIA driver is installed but not loaded (no kernel module)"
     except pynvml.NVMLError_NoPermission:
-        return NvmlReading((), "no permission to open the NVIDIA devices (/dev/nvidia*)")
+        return "no permission to open the NVIDIA devices (/dev/nvidia*)"
     except pynvml.NVMLError as exc:
-        return NvmlReading((), f"NVML failed to start: {exc}")
+        return f"NVML failed to start: {exc}"
+    return None
+
+
+def process_memory() -> dict[int, int]:
+    """GPU memory (bytes) each process holds, summed over all GPUs: pid -> bytes.
+
+    What `systemctl stop` would free for a unit whose processes these are. Raises
+    NO_GPU_INFO when NVML cannot be read.
+    """
+    import pynvml
+
+    problem = _nvml_init()
+    if problem is not None:
+        raise ModelPullError(ExitCode.NO_GPU_INFO, problem)
+    used: dict[int, int] = {}
+    try:
+        for i in range(int(pynvml.nvmlDeviceGetCount())):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            for proc in (list(pynvml.nvmlDeviceGetComputeRunningProcesses(handle))
+                         + list(pynvml.nvmlDeviceGetGraphicsRunningProcesses(handle))):
+                mem = getattr(proc, "usedGpuMemory", None)
+                if isinstance(mem, int):
+                    used[int(proc.pid)] = used.get(int(proc.pid), 0) + mem
+    except pynvml.NVMLError as exc:
+        raise ModelPullError(ExitCode.NO_GPU_INFO, f"NVML failed listing processes: {exc}") \
+            from exc
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            logger.debug("nvmlShutdown failed", exc_info=True)
+    return used
+
+
+def read_nvml() -> NvmlReading:
+    """Every device's name, SM, total/free memory and the driver version, via pynvml.
+
+    Never raises for a missing driver or GPU: the reading says what is missing instead.
+    """
+    import pynvml
+
+    problem = _nvml_init()
+    if problem is not None:
+        return NvmlReading((), problem)
     try:
         driver = _text(pynvml.nvmlSystemGetDriverVersion())
         count = int(pynvml.nvmlDeviceGetCount())

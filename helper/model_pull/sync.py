@@ -19,6 +19,7 @@ from model_pull.layouts import Layout
 from model_pull.manifest import DeclaredModel, Manifest
 from model_pull.progress import Progress
 from model_pull.store import StateRoot
+from model_pull.systemd import UnitOutcome, raise_for_failed, restart_waiting_units
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 class SyncResult:
     installed: list[pull.Installed] = field(default_factory=list)
     failed: dict[str, ModelPullError] = field(default_factory=dict)
-    restarted: list[object] = field(default_factory=list)  # systemd.UnitOutcome
+    restarted: list[UnitOutcome] = field(default_factory=list)
     restart_error: ModelPullError | None = None
 
     def units_to_restart(self, manifest: Manifest) -> list[str]:
@@ -68,13 +69,12 @@ def sync(
             say(f"{name}: error: {exc}")
             continue
         result.installed.append(installed)
-        say(f"{name}: {'installed ' + installed.entry.basename if installed.changed else 'up to date'}")
+        state_word = "installed " + installed.entry.basename if installed.changed else "up to date"
+        say(f"{name}: {state_word}")
     units = result.units_to_restart(manifest)
     if restart and units:
-        from model_pull import systemd
-
         try:
-            result.restarted = list(systemd.restart_waiting_units(units))
+            result.restarted = list(restart_waiting_units(units))
         except ModelPullError as exc:
             result.restart_error = exc
     return result
@@ -90,9 +90,7 @@ def raise_for(result: SyncResult) -> None:
                              hint=first.hint)
     if result.restart_error is not None:
         raise result.restart_error
-    from model_pull import systemd
-
-    systemd.raise_for_failed(result.restarted)  # type: ignore[arg-type]
+    raise_for_failed(result.restarted)
 
 
 __all__ = ["ExitCode", "SyncResult", "options_for", "raise_for", "sync"]

@@ -1,0 +1,205 @@
+"""Reads /etc/inference/models.json, the manifest the NixOS modules write (docs/ARCHITECTURE.md).
+
+Exact to the documented format (version 1): required keys must be there with the right types,
+optional ones get their documented defaults, names that refer to each other must exist. Keys
+this version does not know are ignored, so a newer module can add fields without breaking an
+older helper. Anything else is one BAD_MANIFEST error naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from model_pull.compat import Runtime
+from model_pull.errors import ExitCode, ModelPullError
+from model_pull.layouts import Layout
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PATH = Path("/etc/inference/models.json")
+DEFAULT_ROOT = Path("/var/lib/inference")
+MANIFEST_ENV = "MODEL_PULL_MANIFEST"
+VERSION = 1
+_E = TypeVar("_E", bound=enum.Enum)
+_HINT = (
+    "it is written by the NixOS modules (services.inference); rebuild, or set MODEL_PULL_MANIFEST"
+)
+
+
+@dataclass(frozen=True)
+class DeclaredModel:
+    name: str
+    repo: str
+    revision: str
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    layout: Layout
+    triton_name: str | None
+    nar_hash: str | None
+    engine_defaults: Mapping[str, Any]
+    patch_tokenizer: bool
+    units: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DeclaredUnit:
+    name: str
+    runtime: Runtime
+    models: tuple[str, ...]
+    cuda_capabilities: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    root: Path
+    endpoint: str | None
+    token_file: Path | None
+    models: dict[str, DeclaredModel]
+    units: dict[str, DeclaredUnit]
+
+    @classmethod
+    def default_path(cls) -> Path:
+        return Path(os.environ.get(MANIFEST_ENV) or DEFAULT_PATH)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Manifest:
+        path = path or cls.default_path()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ModelPullError(
+                ExitCode.BAD_MANIFEST, f"no manifest at {path}",
+                hint="enable services.inference on this machine, or set MODEL_PULL_MANIFEST",
+            ) from exc
+        except OSError as exc:
+            raise ModelPullError(ExitCode.BAD_MANIFEST,
+                                 f"cannot read manifest {path}: {exc.strerror}",
+                                 hint="run as root, or set MODEL_PULL_MANIFEST") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelPullError(ExitCode.BAD_MANIFEST, f"manifest {path} is not JSON: {exc}",
+                                 hint=_HINT) from exc
+        return _Reader(path).manifest(data)
+
+
+class _Reader:
+    """Typed access to the parsed JSON; every failure names the file and the key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, where: str, what: str) -> ModelPullError:
+        return ModelPullError(ExitCode.BAD_MANIFEST, f"manifest {self.path}: {where} {what}",
+                              hint=_HINT)
+
+    def obj(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(where, "must be an object")
+        return value
+
+    def get(self, obj: Mapping[str, Any], key: str, where: str, kind: type, *,
+            default: Any = ..., nullable: bool = False) -> Any:
+        if key not in obj:
+            if default is ...:
+                raise self.fail(_join(where, key), "is missing")
+            return default
+        value = obj[key]
+        if value is None and nullable:
+            return None
+        # bool is an int in Python; the manifest's ints are never booleans
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.fail(_join(where, key), f"must be {_kind_name(kind, nullable)}")
+        return value
+
+    def strings(self, obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+        value = self.get(obj, key, where, list, default=[])
+        if not all(isinstance(v, str) for v in value):
+            raise self.fail(f"{where}.{key}", "must be a list of strings")
+        return tuple(value)
+
+    def choice(self, obj: Mapping[str, Any], key: str, where: str, kind: type[_E]) -> _E:
+        value = self.get(obj, key, where, str)
+        try:
+            return kind(value)
+        except ValueError:
+            allowed = ", ".join(m.value for m in kind)
+            raise self.fail(f"{where}.{key}", f"is {value!r}, not one of {allowed}") from None
+
+    def manifest(self, data: Any) -> Manifest:
+        top = self.obj(data, "the top level")
+        version = self.get(top, "version", "", int)
+        if version != VERSION:
+            raise ModelPullError(
+                ExitCode.BAD_MANIFEST,
+                f"manifest {self.path} has version {version}; this model-pull reads {VERSION}",
+                hint="use the model-pull that comes with the NixOS modules",
+            )
+        token_file = self.get(top, "tokenFile", "", str, default=None, nullable=True)
+        models = {
+            name: self.model(name, self.obj(spec, f"models.{name}"))
+            for name, spec in self.obj(self.get(top, "models", "", dict), "models").items()
+        }
+        units = {
+            name: self.unit(name, self.obj(spec, f"units.{name}"))
+            for name, spec in self.obj(self.get(top, "units", "", dict, default={}),
+                                       "units").items()
+        }
+        for model in models.values():
+            for unit in model.units:
+                if unit not in units:
+                    raise self.fail(f"models.{model.name}.units", f"names {unit}, not in units")
+        for declared in units.values():
+            for name in declared.models:
+                if name not in models:
+                    raise self.fail(f"units.{declared.name}.models",
+                                    f"names {name}, not in models")
+        return Manifest(
+            path=self.path,
+            root=Path(self.get(top, "root", "", str, default=str(DEFAULT_ROOT))),
+            endpoint=self.get(top, "endpoint", "", str, default=None, nullable=True),
+            token_file=Path(token_file) if token_file else None,
+            models=models,
+            units=units,
+        )
+
+    def model(self, name: str, spec: Mapping[str, Any]) -> DeclaredModel:
+        where = f"models.{name}"
+        return DeclaredModel(
+            name=name,
+            repo=self.get(spec, "repo", where, str),
+            revision=self.get(spec, "revision", where, str),
+            include=self.strings(spec, "include", where),
+            exclude=self.strings(spec, "exclude", where),
+            layout=self.choice(spec, "layout", where, Layout),
+            triton_name=self.get(spec, "tritonName", where, str, default=None, nullable=True),
+            nar_hash=self.get(spec, "narHash", where, str, default=None, nullable=True),
+            engine_defaults=self.get(spec, "engineDefaults", where, dict, default={}),
+            patch_tokenizer=self.get(spec, "patchTokenizer", where, bool, default=False),
+            units=self.strings(spec, "units", where),
+        )
+
+    def unit(self, name: str, spec: Mapping[str, Any]) -> DeclaredUnit:
+        where = f"units.{name}"
+        return DeclaredUnit(
+            name=name,
+            runtime=self.choice(spec, "runtime", where, Runtime),
+            models=self.strings(spec, "models", where),
+            cuda_capabilities=self.strings(spec, "cudaCapabilities", where),
+        )
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _kind_name(kind: type, nullable: bool) -> str:
+    name = {str: "a string", int: "an integer", bool: "true or false", list: "a list",
+            dict: "an object"}.get(kind, kind.__name__)
+    return f"{name} or null" if nullable else name
