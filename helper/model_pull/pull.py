@@ -225,6 +225,9 @@ def fetch(
     listing = hub.list_files(repo, commit, remote)
     refuse_unsafe([f.path for f in listing])
     chosen = select(listing, options)
+    done = up_to_date(root, name, repo, commit, options)
+    if done is not None:
+        return done
     if preflight is not None:
         preflight(commit, chosen)
     with root.lock(wait=wait), os_errors("download and install", root.path):

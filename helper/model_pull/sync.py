@@ -63,7 +63,8 @@ def sync(
             say(f"warning: {name} follows {model.revision!r}, not a commit: not reproducible")
         try:
             installed = pull.fetch(model.repo, model.revision, options_for(model), state, remote,
-                                   progress=progress, wait=wait)
+                                   progress=progress, wait=wait,
+                                   preflight=_gate(manifest, model, remote, say))
         except ModelPullError as exc:
             result.failed[name] = exc
             say(f"{name}: error: {exc}")
@@ -78,6 +79,23 @@ def sync(
         except ModelPullError as exc:
             result.restart_error = exc
     return result
+
+
+def _gate(manifest: Manifest, model: DeclaredModel, remote: hub.Remote,
+          say: Callable[[str], None]) -> Callable[[str, list[hub.RemoteFile]], None]:
+    """The GPU check for a declared model: its units' runtime and CUDA capabilities."""
+    units = [manifest.units[u] for u in model.units if u in manifest.units]
+    runtime = units[0].runtime if units else None
+    caps = sorted({c for u in units for c in u.cuda_capabilities})
+
+    def gate(commit: str, chosen: list[hub.RemoteFile]) -> None:
+        from model_pull import check
+
+        check.gate_fetch(model.repo, commit, [(f.path, f.size) for f in chosen], remote=remote,
+                         runtime=runtime, package_arches=check.parse_package_sms(",".join(caps)),
+                         warn=lambda m: say(f"warning: {model.name}: {m}"))
+
+    return gate
 
 
 def raise_for(result: SyncResult) -> None:
