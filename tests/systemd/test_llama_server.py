@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from container import PROJECT, SystemdContainer
-from model_pull.tinymodels import write_tiny_gguf
 
 from model_pull import systemd
+from model_pull.tinymodels import write_tiny_gguf
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
 
