@@ -198,4 +198,49 @@ rec {
         }\"; set services.inference.models.${model}.layout to one of: ${lib.concatStringsSep ", " layouts}.";
       }
     ];
+
+  # The `config` of a runtime whose instances each serve one HF-cache model (vLLM, SGLang):
+  # layout assertions, one unit per instance, the runtime-unit records the manifest is built
+  # from, and the firewall.
+  hfInstancesConfig =
+    {
+      kind, # "vllm" | "sglang": option path and manifest runtime
+      label, # "vLLM" | "SGLang": for assertion messages
+      layouts,
+      instances,
+      models,
+      unitName,
+      mkService,
+    }:
+    {
+      assertions = lib.concatLists (
+        lib.mapAttrsToList (
+          name: inst:
+          hfModelAssertions {
+            option = "services.inference.${kind}.instances.${name}.model";
+            inherit models layouts;
+            inherit (inst) model;
+            runtime = label;
+          }
+        ) instances
+      );
+
+      systemd.services = lib.mapAttrs' (name: inst: lib.nameValuePair (unitName name) (mkService name inst)) (
+        lib.filterAttrs (_: inst: models ? ${inst.model}) instances
+      );
+
+      services.inference.runtimeUnits = lib.mapAttrs' (
+        name: inst:
+        lib.nameValuePair "${unitName name}.service" {
+          runtime = kind;
+          option = "services.inference.${kind}.instances.${name}.port";
+          models = [ inst.model ];
+          ports = [ inst.port ];
+        }
+      ) instances;
+
+      networking.firewall.allowedTCPPorts = lib.concatLists (
+        lib.mapAttrsToList (_: inst: lib.optional inst.openFirewall inst.port) instances
+      );
+    };
 }

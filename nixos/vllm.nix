@@ -130,39 +130,13 @@ in
     };
   };
 
-  config = lib.mkIf (cfg.instances != { }) {
-    assertions = lib.concatLists (
-      lib.mapAttrsToList (
-        name: inst:
-        ilib.hfModelAssertions {
-          option = "services.inference.vllm.instances.${name}.model";
-          inherit models;
-          inherit (inst) model;
-          runtime = "vLLM";
-          layouts = [
-            "dual"
-            "hf"
-          ];
-        }
-      ) cfg.instances
-    );
-
-    systemd.services = lib.mapAttrs' (name: inst: lib.nameValuePair (unitName name) (mkService name inst)) (
-      lib.filterAttrs (_: inst: models ? ${inst.model}) cfg.instances
-    );
-
-    services.inference.runtimeUnits = lib.mapAttrs' (
-      name: inst:
-      lib.nameValuePair "${unitName name}.service" {
-        runtime = "vllm";
-        option = "services.inference.vllm.instances.${name}.port";
-        models = [ inst.model ];
-        ports = [ inst.port ];
-      }
-    ) cfg.instances;
-
-    networking.firewall.allowedTCPPorts = lib.concatLists (
-      lib.mapAttrsToList (_: inst: lib.optional inst.openFirewall inst.port) cfg.instances
-    );
-  };
+  config = lib.mkIf (cfg.instances != { }) (
+    ilib.hfInstancesConfig {
+      kind = "vllm";
+      label = "vLLM";
+      layouts = [ "dual" "hf" ];
+      inherit (cfg) instances;
+      inherit models unitName mkService;
+    }
+  );
 }
