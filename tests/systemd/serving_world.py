@@ -98,13 +98,15 @@ def serving_world(
     *,
     overrides: Mapping[str, Mapping[str, str]] | None = None,
     hub_setup: Any = None,
+    revisions: Mapping[str, str] | None = None,
 ) -> Iterator[World]:
     """Boot a container that is `host` of golden.json.
 
     packages: golden package name ("llama-cpp", "vllm", ...) or a store path -> the host
     directory to bind at that store path. overrides: unit -> {old text: new text}, the
     substitutions a test needs (each one explained where it is made). hub_setup(DevHub) adds
-    the repos before the container starts.
+    the repos before the container starts. revisions: model -> the revision to pin instead of
+    the declared one (a commit of the real repo cannot exist on the loopback Hub).
     """
     golden = load_golden()
     host_data = golden["hosts"][host]
@@ -117,16 +119,19 @@ def serving_world(
     state.chmod(0o755)  # tmpfiles: d /var/lib/inference 0755 root root
     binds: list[tuple[str, str, bool]] = [(str(base), str(base), False),
                                           (str(state), STATE_ROOT, False)]
-    for pkg, host_dir in packages.items():
+    for pkg, host_path in packages.items():
         store_path = golden["packages"].get(pkg, pkg)
-        binds.append((str(host_dir), store_path, True))
+        binds.append((str(host_path), store_path, True))
     with SystemdContainer(f"e2e-{host}", binds) as ct:
         for user, spec in host_data["users"].items():
             assert spec["isSystemUser"], spec
             ct.run(["groupadd", "--system", spec["group"]])
             ct.run(["useradd", "--system", "--gid", spec["group"], "--no-create-home",
                     "--shell", "/usr/sbin/nologin", user])
-        ct.write_file(MANIFEST, json.dumps(host_data["manifest"], indent=2) + "\n")
+        manifest = json.loads(json.dumps(host_data["manifest"]))
+        for model, revision in (revisions or {}).items():
+            manifest["models"][model]["revision"] = revision
+        ct.write_file(MANIFEST, json.dumps(manifest, indent=2) + "\n")
         ct.start_service("devhub.service",
                          [sys.executable, "-m", "model_pull.devhub", "serve", str(hub.data_dir),
                           "--port", str(HUB_PORT)],
