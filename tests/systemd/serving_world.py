@@ -1,0 +1,155 @@
+"""One container set up as a NixOS host from tests/nix/golden.json would be, for the
+pull-to-serving tests and bench/pull_to_serving.py.
+
+    with serving_world(base, llama_server) as w:
+        w.ct.model_pull([], env=w.pull_env)
+
+What it sets up, as the NixOS modules would:
+- the `inference` system user and group (users.users.inference, isSystemUser);
+- the state root /var/lib/inference (tmpfiles `d /var/lib/inference 0755 root root`), bound
+  read-write from `base/state` so the test can look at it from the host;
+- /etc/inference/models.json: the host's manifest from golden.json, unchanged;
+- the host's units rendered from golden.json, installed and enabled. The runtime package of each
+  (a /nix/store path in the unit) is a directory bound at that very store path, so the unit
+  file is what NixOS writes, byte for byte, except the substitutions listed in `overrides`.
+
+The models come from a loopback Hub (model_pull.devhub) serving `base/hub`, run inside the
+container as `devhub.service`: the repos of the host's manifest, with tiny models under the
+declared file names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from container import PROJECT, SystemdContainer
+
+from model_pull.devhub import DevHub
+
+sys.path.insert(0, str(PROJECT / "tests" / "nix"))
+from render_units import load_golden, render
+
+logger = logging.getLogger(__name__)
+
+STATE_ROOT = "/var/lib/inference"
+MANIFEST = "/etc/inference/models.json"
+HUB_PORT = 18990
+HUB_URL = f"http://127.0.0.1:{HUB_PORT}"
+
+
+@dataclass
+class World:
+    ct: SystemdContainer
+    hub: DevHub
+    base: Path
+    state: Path  # the host side of /var/lib/inference
+    golden: dict[str, Any]
+    pull_env: dict[str, str] = field(default_factory=dict)
+
+    def unit(self, unit: str) -> dict[str, str]:
+        """ActiveState, SubState, MainPID, ConditionResult, Result of a unit."""
+        props = "ActiveState,SubState,MainPID,ConditionResult,Result,NRestarts"
+        out = self.ct.run(["systemctl", "show", unit, "-p", props]).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def link(self, name: str) -> str:
+        """Where models/<name> points (relative), or '' when absent."""
+        path = self.state / "models" / name
+        return str(path.readlink()) if path.is_symlink() else ""
+
+    def store(self) -> list[str]:
+        store = self.state / "store"
+        return sorted(p.name for p in store.iterdir()) if store.is_dir() else []
+
+    def model_pull(self, *args: str, timeout: float = 300) -> Any:
+        return self.ct.model_pull(list(args), env=self.pull_env, timeout=timeout)
+
+
+def package_dir(base: Path, name: str, files: Mapping[str, str | Path], mode: int = 0o755) -> Path:
+    """A stand-in for a /nix/store package: base/name with the given files, world-readable
+    (tmp dirs are 0700, which the unit's `inference` user could not enter)."""
+    pkg = base / name
+    for rel, source in files.items():
+        dest = pkg / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(source, Path):
+            shutil.copy2(source, dest)
+        else:
+            dest.write_text(source)
+        dest.chmod(mode)
+    for d in [pkg, *(p for p in pkg.rglob("*") if p.is_dir())]:
+        d.chmod(0o755)
+    return pkg
+
+
+@contextmanager
+def serving_world(
+    base: Path,
+    host: str,
+    packages: Mapping[str, Path],
+    *,
+    overrides: Mapping[str, Mapping[str, str]] | None = None,
+    hub_setup: Any = None,
+    revisions: Mapping[str, str] | None = None,
+) -> Iterator[World]:
+    """Boot a container that is `host` of golden.json.
+
+    packages: golden package name ("llama-cpp", "vllm", ...) or a store path -> the host
+    directory to bind at that store path. overrides: unit -> {old text: new text}, the
+    substitutions a test needs (each one explained where it is made). hub_setup(DevHub) adds
+    the repos before the container starts. revisions: model -> the revision to pin instead of
+    the declared one (a commit of the real repo cannot exist on the loopback Hub).
+    """
+    golden = load_golden()
+    host_data = golden["hosts"][host]
+    base.mkdir(parents=True, exist_ok=True)
+    hub = DevHub(base / "hub")
+    if hub_setup is not None:
+        hub_setup(hub)
+    state = base / "state"
+    state.mkdir(exist_ok=True)
+    state.chmod(0o755)  # tmpfiles: d /var/lib/inference 0755 root root
+    binds: list[tuple[str, str, bool]] = [(str(base), str(base), False),
+                                          (str(state), STATE_ROOT, False)]
+    for pkg, host_path in packages.items():
+        store_path = golden["packages"].get(pkg, pkg)
+        binds.append((str(host_path), store_path, True))
+    with SystemdContainer(f"e2e-{host}", binds) as ct:
+        for user, spec in host_data["users"].items():
+            assert spec["isSystemUser"], spec
+            ct.run(["groupadd", "--system", spec["group"]])
+            ct.run(["useradd", "--system", "--gid", spec["group"], "--no-create-home",
+                    "--shell", "/usr/sbin/nologin", user])
+        manifest = json.loads(json.dumps(host_data["manifest"]))
+        for model, revision in (revisions or {}).items():
+            manifest["models"][model]["revision"] = revision
+        ct.write_file(MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        ct.start_service("devhub.service",
+                         [sys.executable, "-m", "model_pull.devhub", "serve", str(hub.data_dir),
+                          "--port", str(HUB_PORT)],
+                         env=ct.python_env())
+        # any HTTP answer means it listens (wait_http retries while the port is closed)
+        status, body = ct.wait_http(f"{HUB_URL}/api/models/up/probe", timeout=30)
+        assert status in (200, 404), f"devhub did not come up: {status} {body}\n" + \
+            ct.journal("devhub.service")
+        for unit in host_data["units"]:
+            if unit == "model-pull.service":
+                continue  # the boot-time pull; the tests run model-pull themselves
+            text = render(host, unit, (overrides or {}).get(unit, {}))
+            ct.install_unit(unit, text)
+        env = {
+            "MODEL_PULL_MANIFEST": MANIFEST,
+            "HF_ENDPOINT": HUB_URL,
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HOME": "/root/.cache/huggingface",
+        }
+        yield World(ct=ct, hub=hub, base=base, state=state, golden=golden, pull_env=env)
