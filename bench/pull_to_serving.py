@@ -30,7 +30,6 @@ from serving_world import World, package_dir, serving_world  # noqa: E402
 from test_pull_to_serving import (  # noqa: E402
     HOST,
     PORT,
-    RENAMED_DRAFT_FLAGS,
     UNIT,
     add_main,
     llama_server_binary,
@@ -107,8 +106,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-pull-to-serving.") as tmp:
         base = Path(tmp)
         llama_cpp = package_dir(base, "llama-cpp", {"bin/llama-server": llama_server_binary()})
-        with serving_world(base, HOST, {"llama-cpp": llama_cpp}, hub_setup=setup_hub(base),
-                           overrides={UNIT: RENAMED_DRAFT_FLAGS}) as w:
+        with serving_world(base, HOST, {"llama-cpp": llama_cpp}, hub_setup=setup_hub(base)) as w:
             first = w.model_pull()
             if first.returncode != 0:
                 sys.exit(f"first pull failed: {first.stdout}{first.stderr}")

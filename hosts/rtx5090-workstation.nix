@@ -51,8 +51,9 @@
       host = "127.0.0.1";
       port = 11435;
       settings = {
-        draft-max = 16;
-        draft-min = 4;
+        # current llama.cpp names (--draft-max/--draft-min were removed upstream)
+        spec-draft-n-max = 16;
+        spec-draft-n-min = 4;
         draft-p-min = 0.75;
       };
     };

@@ -131,13 +131,13 @@ let
           );
           default = { };
           example = {
-            draft-max = 16;
+            spec-draft-n-max = 16;
             draft-p-min = 0.75;
             no-webui = true;
           };
           description = ''
-            More llama-server flags, by long name (RFC 42): `{ draft-max = 16; no-webui = true; }`
-            gives `--draft-max 16 --no-webui`.
+            More llama-server flags, by long name (RFC 42): `{ spec-draft-n-max = 16; no-webui = true; }`
+            gives `--spec-draft-n-max 16 --no-webui`.
           '';
         };
         extraArgs = mkOption {

@@ -381,7 +381,18 @@ class _Systemd:
         return tuple(int(pid) for _cgroup, pid, _cmdline in procs)
 
     def restart_unit(self, unit: str) -> str:
-        """Queue a restart job (starts the unit when it is not running); its job path."""
+        """Queue a restart job (starts the unit when it is not running); its job path.
+
+        A new entry is a new chance: ResetFailedUnit first clears a failed state and the start
+        rate counter (StartLimitBurst counts restarts by earlier pulls and by hand too), so the
+        unit is not refused with start-limit-hit for what happened to the old entry.
+        """
+        try:
+            _call(lambda: self.manager.ResetFailedUnit(unit))
+        except ModelPullError as exc:
+            if exc.code is ExitCode.NO_BUS:
+                raise
+            logger.debug("ResetFailedUnit(%s): %s", unit, exc.message)
         return str(_call(lambda: self.manager.RestartUnit(unit, "replace")))
 
     def restart(self, units: Sequence[str], *, timeout: float

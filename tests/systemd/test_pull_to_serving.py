@@ -40,14 +40,7 @@ DRAFT_REPO, DRAFT_FILE = "lmstudio-community/Qwen3-1.7B-GGUF", "Qwen3-1.7B-Q4_K_
 MAIN_GGUF = f"/var/lib/inference/models/{MAIN}/share/models/gguf/{MAIN_FILE}"  # its -m
 DEADLINE = 60.0
 
-# The one substitution in the rendered unit. hosts/rtx5090-workstation.nix passes
-# `extraArgs = { draft-max = 16; draft-min = 4; ... }`, which the llama.cpp built here
-# (llama-cpp-python 0.3.36's vendored llama.cpp) refuses: 'error while handling argument
-# "--draft-max": the argument has been removed. use --spec-draft-n-max'. Same values, new names
-# (--draft-p-min is still accepted). Every other line is what NixOS writes.
-RENAMED_DRAFT_FLAGS = {
-    '"--draft-max" "16" "--draft-min" "4"': '"--spec-draft-n-max" "16" "--spec-draft-n-min" "4"',
-}
+# The rendered unit runs unchanged: every line is what NixOS writes.
 
 
 def llama_server_binary() -> Path:
@@ -80,8 +73,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         pytest.skip(reason)
     base = tmp_path_factory.mktemp("pull-to-serving")
     llama_cpp = package_dir(base, "llama-cpp", {"bin/llama-server": llama_server_binary()})
-    with serving_world(base, HOST, {"llama-cpp": llama_cpp}, hub_setup=setup_hub(base),
-                       overrides={UNIT: RENAMED_DRAFT_FLAGS}) as w:
+    with serving_world(base, HOST, {"llama-cpp": llama_cpp}, hub_setup=setup_hub(base)) as w:
         yield w
 
 

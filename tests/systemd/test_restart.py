@@ -214,3 +214,19 @@ def test_slow_start_is_reported_as_still_starting(bus: SystemdContainer, tmp_pat
     assert (outcome.active_state, outcome.sub_state) == ("activating", "start")
     assert outcome.describe() == "still starting (activating/start)"
     systemd.raise_for_failed([outcome])
+
+
+def test_every_new_entry_gets_a_fresh_start_budget(bus: SystemdContainer, tmp_path: Path):
+    """StartLimitBurst counts restarts by earlier pulls and by hand; a new entry is not refused."""
+    ready = tmp_path / "ready"
+    ready.touch()
+    bus.install_unit("limited.service", gated_unit(
+        ready, extra="", exec_start="/usr/bin/sleep infinity").replace(
+        "[Unit]\n", "[Unit]\nStartLimitBurst=2\nStartLimitIntervalSec=600\n"))
+    for _ in range(2):  # the budget, spent by hand
+        bus.run(["systemctl", "restart", "limited.service"])
+    refused = bus.run(["systemctl", "restart", "limited.service"], check=False)
+    assert refused.returncode != 0  # systemd's own limit is real
+    for _ in range(3):  # three pulls in a row, each with a new entry
+        (outcome,) = systemd.restart_waiting_units(["limited.service"], settle=0.2)
+        assert (outcome.active_state, outcome.job_result) == ("active", "done"), outcome
