@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 NIX_STORE_DIR = "/nix/store"
 NIX32_ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
@@ -37,6 +37,53 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+class Sha256Appender:
+    """A file opened for appending that hashes every byte it holds, as it is written.
+
+    Made for huggingface_hub's `http_get`, which calls `write`, and on a server that ignores
+    Range also `tell`, `seek` and `truncate`: after a truncation the hash is recomputed from what
+    is left on disk. The bytes already in the file when it is opened are hashed first (a resume).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._out: BinaryIO = path.open("ab")
+        self.sha256 = hashlib.sha256()
+        self._rehash(self._out.tell())
+
+    def _rehash(self, size: int) -> None:
+        self.sha256 = hashlib.sha256()
+        with self.path.open("rb") as f:
+            while size > 0 and (chunk := f.read(min(CHUNK, size))):
+                self.sha256.update(chunk)
+                size -= len(chunk)
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self._out.write(data)
+
+    def tell(self) -> int:
+        return self._out.tell()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._out.seek(offset, whence)
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._out.truncate(size)
+        self._out.flush()
+        self._rehash(size)
+        return size
+
+    def close(self) -> None:
+        self._out.close()
+
+    def __enter__(self) -> Sha256Appender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def git_blob_sha1(data: bytes) -> str:

@@ -14,9 +14,10 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from model_pull.errors import ExitCode, ModelPullError
+from model_pull.hashing import Sha256Appender
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -182,6 +183,15 @@ def check_safe_path(path: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Downloaded:
+    """A downloaded file in the cache, with the SHA-256 of its bytes when it was computed while
+    they were written (None: read it again to verify, e.g. Xet or a blob left by an earlier run)."""
+
+    path: Path
+    sha256: str | None
+
+
 def download(
     repo: str,
     commit: str,
@@ -189,12 +199,13 @@ def download(
     dest_dir: Path,
     remote: Remote,
     tqdm_class: type[tqdm[Any]] | None = None,
-) -> Path:
+) -> Downloaded:
     """Download one file to `dest_dir/<etag>`, resuming an earlier interrupted attempt.
 
     huggingface_hub (2.x) downloads into a temporary file unique to each process and never
     reuses it, so a killed pull would start over. Bytes go to `<etag>.incomplete` instead, kept
-    across runs, and the library's `http_get` continues it with a Range request. Files the Hub
+    across runs, and the library's `http_get` continues it with a Range request; their SHA-256 is
+    computed as they are written (`Sha256Appender`), overlapping the other downloads. Files the Hub
     serves through Xet go through `hf_hub_download` (hf-xet is the fast path there).
     """
     from huggingface_hub import file_download, get_hf_file_metadata, hf_hub_download, hf_hub_url
@@ -203,7 +214,7 @@ def download(
     etag = f.sha256 or f.git_sha1
     final = dest_dir / etag
     if final.is_file() and final.stat().st_size == f.size:
-        return final
+        return Downloaded(final, None)
     dest_dir.mkdir(parents=True, exist_ok=True)
     url = hf_hub_url(repo, f.path, revision=commit, endpoint=remote.endpoint)
     token = remote.token or None
@@ -213,7 +224,7 @@ def download(
             local = hf_hub_download(repo, f.path, revision=commit, cache_dir=dest_dir / "xet",
                                     token=token, endpoint=remote.endpoint, tqdm_class=tqdm_class)
             os.replace(os.path.realpath(local), final)
-            return final
+            return Downloaded(final, None)
         part = dest_dir / f"{etag}.incomplete"
         resume = part.stat().st_size if part.exists() else 0
         if resume > f.size:
@@ -221,14 +232,14 @@ def download(
             resume = 0
         if resume:
             logger.info("resuming %s at byte %d of %d", f.path, resume, f.size)
-        with part.open("ab") as out:
+        with Sha256Appender(part) as out:
             file_download.http_get(
-                meta.location or url, out, resume_size=resume,
+                meta.location or url, cast(BinaryIO, out), resume_size=resume,
                 headers=build_hf_headers(token=token), expected_size=f.size,
                 displayed_filename=f.path, tqdm_class=tqdm_class,
             )
     os.replace(part, final)
-    return final
+    return Downloaded(final, out.sha256.hexdigest())
 
 
 def _xet_available() -> bool:

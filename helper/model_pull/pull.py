@@ -1,7 +1,10 @@
 """The fetch and package pipelines: select, download, lay out, verify + hash, install, switch.
 
-Verification and the NAR hash share one read of every weight byte (`hashing.nar_hash` with
-`on_file`); downloads are hardlinked from the resumable cache into the staging tree, never copied.
+A downloaded file's SHA-256 is computed while it is written and checked against the Hub's
+listing right after the downloads; the NAR hash then reads every byte once more. Files not hashed
+that way (Xet, a blob left by an earlier run, `package`'s sources) are verified in that same NAR
+read (`hashing.nar_hash` with `on_file`). Downloads are hardlinked from the resumable cache into
+the staging tree, never copied.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,12 +148,15 @@ def _verify_and_hash(
         for kind, want, h in exp.hashers:
             got = h.hexdigest()
             if got != want:
-                raise ModelPullError(
-                    ExitCode.HASH_MISMATCH,
-                    f"{repo_path}: {kind} mismatch: expected {want}, got {got}",
-                    hint="the download was discarded; pull again (report the mirror if it repeats)",
-                )
+                raise _mismatch(repo_path, kind, want, got)
     return nar
+
+
+def _mismatch(path: str, kind: str, want: str, got: str) -> ModelPullError:
+    return ModelPullError(
+        ExitCode.HASH_MISMATCH, f"{path}: {kind} mismatch: expected {want}, got {got}",
+        hint="the download was discarded; pull again (report the mirror if it repeats)",
+    )
 
 
 def _finish(
@@ -244,19 +250,20 @@ def fetch(
         expected: dict[str, _Expect] = {}
         placed: list[Placed] = []
         for f in chosen:
-            blob = blobs[f.path]
+            blob = blobs[f.path].path
             if f.sha256 is not None:
-                expected[f.path] = _Expect(f.sha256, None)
+                got = blobs[f.path].sha256
+                if got is None:  # not hashed while downloading: verified in the NAR pass
+                    expected[f.path] = _Expect(f.sha256, None)
+                elif got != f.sha256:
+                    _discard_blob(blob)
+                    raise _mismatch(f.path, "sha256", f.sha256, got)
                 placed.append(Placed(f.path, blob, f.size, f.sha256))
             else:
                 sha256, sha1 = _small_hashes(blob)
                 if sha1 != f.git_sha1:
                     _discard_blob(blob)
-                    raise ModelPullError(
-                        ExitCode.HASH_MISMATCH,
-                        f"{f.path}: git blob sha1 mismatch: expected {f.git_sha1}, got {sha1}",
-                        hint="the download was discarded; pull again",
-                    )
+                    raise _mismatch(f.path, "git blob sha1", f.git_sha1, sha1)
                 placed.append(Placed(f.path, blob, f.size, sha256))
         staging = root.new_staging(name)
         try:
@@ -269,14 +276,14 @@ def fetch(
             if exc.code is ExitCode.HASH_MISMATCH:
                 for f in chosen:
                     if f.is_lfs:
-                        _discard_blob(blobs[f.path])
+                        _discard_blob(blobs[f.path].path)
             raise
         except BaseException:
             remove_tree(staging)
             raise
         finally:
             progress.close()
-        _clean_cache(blobs.values())
+        _clean_cache(b.path for b in blobs.values())
         return installed
 
 
@@ -294,12 +301,12 @@ def _ensure_space(root: StateRoot, needed: int) -> None:
 def _download_all(
     repo: str, commit: str, files: Sequence[hub.RemoteFile], root: StateRoot,
     remote: hub.Remote, progress: Progress,
-) -> dict[str, Path]:
+) -> dict[str, hub.Downloaded]:
     tqdm_class = progress.tqdm_class()
 
     dest = root.cache / ("models--" + repo.replace("/", "--"))
 
-    def one(f: hub.RemoteFile) -> tuple[str, Path]:
+    def one(f: hub.RemoteFile) -> tuple[str, hub.Downloaded]:
         path = hub.download(repo, commit, f, dest, remote, tqdm_class=tqdm_class)
         progress.file_done()
         return f.path, path
@@ -323,7 +330,7 @@ def _discard_blob(path: Path) -> None:
         logger.warning("could not remove %s", path)
 
 
-def _clean_cache(blobs: Sequence[Path] | Any) -> None:
+def _clean_cache(blobs: Iterable[Path]) -> None:
     """The entry holds the bytes now (hardlinks); drop the cache's names for them."""
     for blob in blobs:
         _discard_blob(blob)

@@ -1,0 +1,71 @@
+"""The SHA-256 computed while a download is written equals the SHA-256 of the file it leaves.
+
+Driven by huggingface_hub's own `http_get` against a real loopback HTTP server, including the
+two cases where bytes were on disk before the download started: a resume the server honours
+(206) and one it ignores (200 with the whole body: the library truncates the file and starts over).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from huggingface_hub import file_download
+
+from model_pull.hashing import Sha256Appender
+
+BODY = bytes(range(256)) * 4096 + b"tail"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    honour_range = True
+
+    def do_GET(self) -> None:
+        start = 0
+        rng = self.headers.get("Range")
+        if rng and self.honour_range:
+            start = int(rng.removeprefix("bytes=").split("-")[0])
+        body = BODY[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, type[_Handler]]]:
+    handler = type("Handler", (_Handler,), {})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/blob", handler
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize(("prefix", "honour_range"), [
+    (b"", True),  # a fresh download
+    (BODY[:100_000], True),  # resumed: the server sends the rest
+    (b"x" * 100_000, False),  # the server ignores Range: the stale prefix is dropped
+])
+def test_hash_while_writing_matches_the_file(
+    server: tuple[str, type[_Handler]], tmp_path: Path, prefix: bytes, honour_range: bool,
+) -> None:
+    url, handler = server
+    handler.honour_range = honour_range
+    part = tmp_path / "blob.incomplete"
+    part.write_bytes(prefix)
+    with Sha256Appender(part) as out:
+        file_download.http_get(url, out, resume_size=len(prefix),  # type: ignore[arg-type]
+                               expected_size=len(BODY))
+    assert part.read_bytes() == BODY
+    assert out.sha256.hexdigest() == hashlib.sha256(BODY).hexdigest()
