@@ -1,5 +1,5 @@
-# A server with one H100 (Hopper, SM 9.0, 80 GB): standalone vLLM and Triton (vLLM backend)
-# serve the same `dual` entry of Qwen3.5-2B, one copy of the weights on disk (seed 000).
+# A server with one H100 (Hopper, SM 9.0, 80 GB): standalone vLLM, Triton (vLLM backend) and
+# SGLang serve the same `dual` entry of Qwen3.5-2B, one copy of the weights on disk (seed 000).
 { pkgs, ... }:
 {
   networking.hostName = "h100-server";
@@ -29,12 +29,12 @@
       };
     };
 
-    # Both servers share the GPU: each takes 40 % of its memory.
+    # The three servers share the GPU: each takes 30 % of its memory.
     vllm.instances.qwen = {
       model = "qwen3_5-2b";
       port = 8000;
       settings = {
-        gpu-memory-utilization = 0.4;
+        gpu-memory-utilization = 0.3;
         max-model-len = 4096;
         served-model-name = [ "qwen3.5-2b" ];
       };
@@ -45,11 +45,24 @@
       # nixpkgs has no Triton Inference Server: provide one through an overlay.
       package = pkgs.triton-inference-server;
       models.qwen3_5-2b.overrides = {
-        gpu_memory_utilization = 0.4;
+        gpu_memory_utilization = 0.3;
       };
       httpPort = 8010;
       grpcPort = 8011;
       metricsPort = 8012;
+    };
+
+    # SGLang reads the HF cache tree of the same entry (HF_HUB_CACHE, offline).
+    sglang.instances.qwen = {
+      model = "qwen3_5-2b";
+      port = 30000;
+      settings = {
+        # Weights plus KV cache pool: 30 % of the GPU, like the others.
+        mem-fraction-static = 0.3;
+        context-length = 4096;
+        served-model-name = "qwen3.5-2b";
+        enable-metrics = true;
+      };
     };
   };
 }

@@ -128,7 +128,7 @@ def test_rtx5090_llama_server_follows_seed_003(golden: dict[str, Any]) -> None:
     assert any("qwopus-27b.revision" in w and "not reproducible" in w for w in host["warnings"])
 
 
-def test_h100_vllm_and_triton_share_one_dual_entry(golden: dict[str, Any]) -> None:
+def test_h100_vllm_triton_and_sglang_share_one_dual_entry(golden: dict[str, Any]) -> None:
     host = golden["hosts"]["h100-server"]
     entry = "/var/lib/inference/models/qwen3_5-2b"
     vllm = host["units"]["vllm-qwen.service"]
@@ -143,7 +143,7 @@ def test_h100_vllm_and_triton_share_one_dual_entry(golden: dict[str, Any]) -> No
         f'"{golden["packages"]["vllm"]}/bin/vllm" "serve" "Qwen/Qwen3.5-2B" "--config"'
         in (vllm["serviceConfig"]["ExecStart"])
     )
-    assert host["vllmSettings"]["qwen"]["gpu-memory-utilization"] == 0.4
+    assert host["vllmSettings"]["qwen"]["gpu-memory-utilization"] == 0.3
 
     triton = host["units"]["triton.service"]
     assert triton["unitConfig"]["ConditionPathExists"] == [
@@ -154,9 +154,23 @@ def test_h100_vllm_and_triton_share_one_dual_entry(golden: dict[str, Any]) -> No
     assert triton["serviceConfig"]["RuntimeDirectory"] == "triton"
     pre = triton["serviceConfig"]["ExecStartPre"]
     assert pre.endswith(
-        f'"/run/triton" "qwen3_5_2b" "{entry}" "{{\\"gpu_memory_utilization\\":0.4}}"'
+        f'"/run/triton" "qwen3_5_2b" "{entry}" "{{\\"gpu_memory_utilization\\":0.3}}"'
     )
     assert '"--http-port=8010"' in triton["serviceConfig"]["ExecStart"]
+
+    sglang = host["units"]["sglang-qwen.service"]
+    assert sglang["unitConfig"]["ConditionPathExists"] == vllm["unitConfig"]["ConditionPathExists"]
+    assert sglang["environment"]["HF_HUB_CACHE"] == f"{entry}/share/models/hub"
+    assert sglang["environment"]["HF_HUB_OFFLINE"] == "1"
+    sc = sglang["serviceConfig"]
+    assert (sc["User"], sc["Group"], sc["MemoryDenyWriteExecute"]) == ("inference", "inference", False)
+    assert sc["ExecStart"].startswith(
+        f'"{golden["packages"]["sglang-env"]}/bin/python" "-m" "sglang.launch_server" '
+        '"--model-path" "Qwen/Qwen3.5-2B" "--host" "127.0.0.1" "--port" "30000"'
+    )
+    for flags in ('"--mem-fraction-static" "0.3"', '"--context-length" "4096"',
+                  '"--served-model-name" "qwen3.5-2b"', '"--enable-metrics"'):
+        assert flags in sc["ExecStart"]
 
     model = host["manifest"]["models"]["qwen3_5-2b"]
     assert model["revision"] == COMMIT
@@ -166,8 +180,13 @@ def test_h100_vllm_and_triton_share_one_dual_entry(golden: dict[str, Any]) -> No
         "max_model_len": 4096,
         "dtype": "auto",
     }
-    assert sorted(model["units"]) == ["triton.service", "vllm-qwen.service"]
+    assert sorted(model["units"]) == ["sglang-qwen.service", "triton.service", "vllm-qwen.service"]
     assert host["manifest"]["units"]["triton.service"]["cudaCapabilities"] == ["9.0"]
+    assert host["manifest"]["units"]["sglang-qwen.service"] == {
+        "runtime": "sglang",
+        "models": ["qwen3_5-2b"],
+        "cudaCapabilities": ["9.0"],
+    }
 
     pull = host["units"]["model-pull.service"]
     assert "network-online.target" in pull["after"] and "network-online.target" in pull["wants"]

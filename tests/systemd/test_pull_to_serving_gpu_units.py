@@ -107,4 +107,4 @@ def test_model_pull_starts_them_and_they_resolve_the_model(world: World) -> None
             (model,) = info["models"]
             assert model["name"] == "qwen3_5_2b" and model["model_type"] == "llama"
             assert model["weights"].startswith(entry + "/"), model
-            assert model["model_json"]["gpu_memory_utilization"] == 0.4  # the unit's override
+            assert model["model_json"]["gpu_memory_utilization"] == 0.3  # the unit's override
