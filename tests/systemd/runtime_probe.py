@@ -1,7 +1,7 @@
 """A PROBE standing in for vLLM / SGLang / Triton, which cannot run here (no GPU). NOT a runtime.
 
     runtime_probe.py vllm serve REPO --config YAML --host H --port P
-    runtime_probe.py sglang --model-path REPO --host H --port P
+    runtime_probe.py sglang -m sglang.launch_server --model-path REPO --host H --port P ...
     runtime_probe.py triton --model-repository DIR --http-address H --http-port P ...
 
 It resolves the model exactly as the runtime would, from the unit's own environment, and fails
@@ -12,8 +12,10 @@ loudly (exit 3, one line) when it cannot:
 - triton: every model directory of the assembled repository: config.pbtxt parsed as
   tritonclient's ModelConfig (name = directory, backend vllm), 1/model.json's "model" an existing
   directory whose config.json AutoConfig reads.
-Then it serves GET / (200, JSON naming itself a probe) on the unit's address and port, so a test
-can see the unit is up.
+Then it serves GET / (200, JSON naming itself a probe, with what it resolved and, for SGLang, the
+server arguments it was given) on the unit's address and port, so a test can see the unit is up.
+For SGLang the probe stands in for the environment's `python`: it insists on being run as
+`python -m sglang.launch_server`, as the unit does.
 """
 
 from __future__ import annotations
@@ -43,6 +45,17 @@ def option(args: list[str], name: str) -> str:
     raise AssertionError
 
 
+def long_options(args: list[str]) -> dict[str, str | bool]:
+    """`--name value` and bare `--flag` arguments, as argparse would read them."""
+    options: dict[str, str | bool] = {}
+    for i, arg in enumerate(args):
+        if not arg.startswith("--"):
+            continue
+        value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else True
+        options[arg[2:]] = value
+    return options
+
+
 def hf_model(repo: str) -> dict[str, Any]:
     from huggingface_hub import snapshot_download
     from transformers import AutoConfig
@@ -53,7 +66,10 @@ def hf_model(repo: str) -> dict[str, Any]:
     except Exception as exc:
         fail(f"{repo} does not resolve from HF_HUB_CACHE={os.environ.get('HF_HUB_CACHE')}: "
              f"{type(exc).__name__}: {exc}")
-    return {"repo": repo, "snapshot": path, "model_type": config.model_type}
+    quantization = getattr(config, "quantization_config", None) or {}
+    return {"repo": repo, "snapshot": path, "model_type": config.model_type,
+            "quant_method": quantization.get("quant_method"),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def triton_models(repository: Path) -> list[dict[str, Any]]:
@@ -117,7 +133,10 @@ def main(argv: list[str]) -> None:
                 "config": yaml.safe_load(config.read_text())}
         serve(option(args, "--host"), int(option(args, "--port")), info)
     elif runtime == "sglang":
-        info = {"runtime": "sglang", "model": hf_model(option(args, "--model-path"))}
+        if args[:2] != ["-m", "sglang.launch_server"]:
+            fail(f"expected 'python -m sglang.launch_server ...', got {args}")
+        info = {"runtime": "sglang", "model": hf_model(option(args, "--model-path")),
+                "args": long_options(args[2:])}
         serve(option(args, "--host"), int(option(args, "--port")), info)
     elif runtime == "triton":
         repo = Path(option(args, "--model-repository"))

@@ -24,18 +24,20 @@ import json
 import logging
 import shutil
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from container import PROJECT, SystemdContainer
 
 from model_pull.devhub import DevHub
 
 sys.path.insert(0, str(PROJECT / "tests" / "nix"))
-from render_units import load_golden, render
+from render_units import load_golden, render, store_paths
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ STATE_ROOT = "/var/lib/inference"
 MANIFEST = "/etc/inference/models.json"
 HUB_PORT = 18990
 HUB_URL = f"http://127.0.0.1:{HUB_PORT}"
+SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" \
+    / "site-packages"
 
 
 @dataclass
@@ -59,6 +63,16 @@ class World:
         props = "ActiveState,SubState,MainPID,ConditionResult,Result,NRestarts"
         out = self.ct.run(["systemctl", "show", unit, "-p", props]).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def wait_journal(self, unit: str, text: str, timeout: float = 30) -> bool:
+        """Whether `text` shows up in the unit's journal within `timeout` seconds (journald
+        takes the unit's output asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.ct.journal(unit):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
 
     def link(self, name: str) -> str:
         """Where models/<name> points (relative), or '' when absent."""
@@ -88,6 +102,28 @@ def package_dir(base: Path, name: str, files: Mapping[str, str | Path], mode: in
     for d in [pkg, *(p for p in pkg.rglob("*") if p.is_dir())]:
         d.chmod(0o755)
     return pkg
+
+
+def probe(runtime: str) -> str:
+    """A program standing in for a GPU runtime (vllm, sglang, triton): runs
+    tests/systemd/runtime_probe.py, which says loudly that it is a probe. On Debian's
+    /usr/bin/python3 (the venv's Python lives under /root, hidden by the units' ProtectHome)
+    with the venv's site-packages on PYTHONPATH."""
+    return (f"#!/bin/sh\n# TEST PROBE standing in for {runtime}; NOT {runtime}\n"
+            f"exec env PYTHONPATH={SITE} /usr/bin/python3 "
+            f"{PROJECT}/tests/systemd/runtime_probe.py {runtime} \"$@\"\n")
+
+
+def vllm_config(base: Path, host: str, instance: str) -> dict[str, Path]:
+    """{store path of vllm-<instance>.yaml: a host file with what NixOS writes there}: the
+    instance's settings (golden["hosts"][host]["vllmSettings"]) as YAML, read-only."""
+    unit = f"vllm-{instance}.service"
+    (path,) = [p for p in store_paths(render(host, unit)) if p.endswith(f"-vllm-{instance}.yaml")]
+    settings = load_golden()["hosts"][host]["vllmSettings"][instance]
+    yaml_file = base / f"vllm-{instance}.yaml"
+    yaml_file.write_text(yaml.safe_dump(settings))
+    yaml_file.chmod(0o444)
+    return {path: yaml_file}
 
 
 @contextmanager

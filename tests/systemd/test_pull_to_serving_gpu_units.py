@@ -1,10 +1,14 @@
-"""The GPU runtimes' units (vLLM, Triton) of host h100-server, gated and started by `model-pull`.
+"""The GPU runtimes' units (vLLM, Triton, SGLang) of host h100-server, gated and started by
+`model-pull`.
 
-vLLM and Triton cannot run here (no GPU): their store paths hold tests/systemd/runtime_probe.py,
-a PROBE that says so loudly, resolves the model exactly as the runtime would from the unit's
-own environment (HF_HUB_CACHE + HF_HUB_OFFLINE for vLLM; the repository that the unit's real
-ExecStartPre, triton-assemble, builds for Triton), fails when it cannot, and then listens on the
-unit's port. Everything else is the unit NixOS renders (tests/nix/golden.json).
+vLLM, Triton and SGLang cannot run here (no GPU): their store paths hold
+tests/systemd/runtime_probe.py, a PROBE that says so loudly, resolves the model exactly as the
+runtime would from the unit's own environment (HF_HUB_CACHE + HF_HUB_OFFLINE for vLLM and
+SGLang; the repository that the unit's real ExecStartPre, triton-assemble, builds for Triton),
+fails when it cannot, and then listens on the unit's port. For SGLang the probe is the
+`bin/python` of the SGLang environment (golden["packages"]["sglang-env"]), which the unit runs
+as `python -m sglang.launch_server`. Everything else is the unit NixOS renders
+(tests/nix/golden.json).
 
 The probe's interpreter: the test venv's Python lives under /root/.pyenv, which the units'
 ProtectHome=true hides, so the probe runs on Debian's /usr/bin/python3 (the same 3.11) with the
@@ -19,9 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from container import PROJECT, unavailable_reason
-from serving_world import World, package_dir, serving_world
+from serving_world import World, package_dir, probe, serving_world, vllm_config
 
 from model_pull.devhub import DevHub
 from model_pull.tinymodels import tiny_llama_files
@@ -32,16 +35,8 @@ from render_units import load_golden, render, store_paths
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
 
 HOST = "h100-server"
-UNITS = {"vllm-qwen.service": 8000, "triton.service": 8010}
+UNITS = {"vllm-qwen.service": 8000, "triton.service": 8010, "sglang-qwen.service": 30000}
 MODEL = "qwen3_5-2b"
-SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" \
-    / "site-packages"
-
-
-def probe(runtime: str) -> str:
-    return (f"#!/bin/sh\n# TEST PROBE standing in for {runtime}; NOT {runtime}\n"
-            f"exec env PYTHONPATH={SITE} /usr/bin/python3 "
-            f"{PROJECT}/tests/systemd/runtime_probe.py {runtime} \"$@\"\n")
 
 
 @pytest.fixture(scope="module")
@@ -59,19 +54,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "vllm": package_dir(base, "vllm", {"bin/vllm": probe("vllm")}),
         "triton-inference-server": package_dir(
             base, "triton", {"bin/tritonserver": probe("triton")}),
+        "sglang-env": package_dir(base, "sglang-env", {"bin/python": probe("sglang")}),
     }
-    paths = store_paths(render(HOST, "triton.service")) | store_paths(render(HOST,
-                                                                             "vllm-qwen.service"))
-    (assemble,) = [p for p in paths if p.endswith("-triton-assemble")]
+    (assemble,) = [p for p in store_paths(render(HOST, "triton.service"))
+                   if p.endswith("-triton-assemble")]
     script = (PROJECT / "nixos" / "triton-assemble.sh").read_text()
     # writeShellApplication: bash + the script, with jq and coreutils on PATH (the host's here)
     pkgs[assemble] = package_dir(base, "triton-assemble",
                                  {"bin/triton-assemble": "#!/bin/bash\n" + script})
-    (config,) = [p for p in paths if p.endswith("-vllm-qwen.yaml")]
-    yaml_file = base / "vllm-qwen.yaml"
-    yaml_file.write_text(yaml.safe_dump(host["vllmSettings"]["qwen"]))
-    yaml_file.chmod(0o444)
-    pkgs[config] = yaml_file
+    pkgs |= vllm_config(base, HOST, "qwen")
     # the declared revision is a commit of the real repo; the loopback Hub has the tiny one
     with serving_world(base, HOST, pkgs, revisions={MODEL: commit}) as w:
         yield w
@@ -92,17 +83,22 @@ def test_model_pull_starts_them_and_they_resolve_the_model(world: World) -> None
     for unit, port in UNITS.items():
         state = world.unit(unit)
         assert state["ActiveState"] == "active", f"{state}\n{world.ct.journal(unit)}"
-        assert "THIS IS A TEST PROBE" in world.ct.journal(unit)
         status, body = world.ct.wait_http(f"http://127.0.0.1:{port}/")
         assert status == 200, body
+        assert world.wait_journal(unit, "THIS IS A TEST PROBE")
         info = json.loads(body)
         assert info["probe"] is True
-        if unit.startswith("vllm"):
+        if unit.startswith(("vllm", "sglang")):
             assert info["model"]["repo"] == "Qwen/Qwen3.5-2B"
             assert info["model"]["model_type"] == "llama"
             snapshot = world.ct.run(["readlink", "-e", info["model"]["snapshot"]]).stdout
             assert snapshot.startswith(entry + "/"), snapshot
+        if unit.startswith("vllm"):
             assert info["config"]["served-model-name"] == ["qwen3.5-2b"]
+        elif unit.startswith("sglang"):
+            assert info["runtime"] == "sglang"
+            assert info["args"]["served-model-name"] == "qwen3.5-2b"
+            assert info["args"]["mem-fraction-static"] == "0.3"
         else:
             (model,) = info["models"]
             assert model["name"] == "qwen3_5_2b" and model["model_type"] == "llama"
