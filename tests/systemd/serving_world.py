@@ -47,6 +47,14 @@ HUB_PORT = 18990
 HUB_URL = f"http://127.0.0.1:{HUB_PORT}"
 SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" \
     / "site-packages"
+# Where the probe's code is bound inside the container: outside /tmp and /root, which the
+# units' own PrivateTmp and ProtectHome hide (a checkout or venv may live in either).
+PROBE_ROOT = "/opt/model-pull-test"
+PROBE_BINDS = [
+    (str(SITE), f"{PROBE_ROOT}/site-packages", True),
+    (str(PROJECT / "helper"), f"{PROBE_ROOT}/helper", True),
+    (str(PROJECT / "tests" / "systemd"), f"{PROBE_ROOT}/probe", True),
+]
 
 
 @dataclass
@@ -108,10 +116,10 @@ def probe(runtime: str) -> str:
     """A program standing in for a GPU runtime (vllm, sglang, triton): runs
     tests/systemd/runtime_probe.py, which says loudly that it is a probe. On Debian's
     /usr/bin/python3 (the venv's Python lives under /root, hidden by the units' ProtectHome)
-    with the venv's site-packages on PYTHONPATH."""
+    with the venv's site-packages on PYTHONPATH, all bound under PROBE_ROOT."""
     return (f"#!/bin/sh\n# TEST PROBE standing in for {runtime}; NOT {runtime}\n"
-            f"exec env PYTHONPATH={SITE} /usr/bin/python3 "
-            f"{PROJECT}/tests/systemd/runtime_probe.py {runtime} \"$@\"\n")
+            f"exec env PYTHONPATH={PROBE_ROOT}/helper:{PROBE_ROOT}/site-packages "
+            f"/usr/bin/python3 {PROBE_ROOT}/probe/runtime_probe.py {runtime} \"$@\"\n")
 
 
 def vllm_config(base: Path, host: str, instance: str) -> dict[str, Path]:
@@ -154,7 +162,7 @@ def serving_world(
     state.mkdir(exist_ok=True)
     state.chmod(0o755)  # tmpfiles: d /var/lib/inference 0755 root root
     binds: list[tuple[str, str, bool]] = [(str(base), str(base), False),
-                                          (str(state), STATE_ROOT, False)]
+                                          (str(state), STATE_ROOT, False), *PROBE_BINDS]
     for pkg, host_path in packages.items():
         store_path = golden["packages"].get(pkg, pkg)
         binds.append((str(host_path), store_path, True))
