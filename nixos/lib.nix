@@ -243,4 +243,25 @@ rec {
         lib.mapAttrsToList (_: inst: lib.optional inst.openFirewall inst.port) instances
       );
     };
+
+  # host, port and openFirewall of a server instance, the same in every runtime module.
+  listenOptions =
+    { port, portDescription }:
+    {
+      host = lib.mkOption {
+        type = lib.types.str;
+        default = "127.0.0.1";
+        description = "Address to listen on.";
+      };
+      port = lib.mkOption {
+        type = lib.types.port;
+        default = port;
+        description = portDescription;
+      };
+      openFirewall = lib.mkOption {
+        type = lib.types.bool;
+        default = false;
+        description = "Open `port` in the firewall.";
+      };
+    };
 }

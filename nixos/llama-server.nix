@@ -32,7 +32,11 @@ let
   instanceModule =
     { name, ... }:
     {
-      options = {
+      options = ilib.listenOptions {
+        port = 8080;
+        portDescription = "Port to listen on.";
+      }
+      // {
         model = mkOption {
           type = ggufRef "model";
           description = "The model to serve (`-m`).";
@@ -83,21 +87,6 @@ let
           type = types.ints.positive;
           default = 1;
           description = "Parallel slots (`-np`). Each slot multiplies the KV cache; 1 for one user.";
-        };
-        host = mkOption {
-          type = types.str;
-          default = "127.0.0.1";
-          description = "Address to listen on.";
-        };
-        port = mkOption {
-          type = types.port;
-          default = 8080;
-          description = "Port to listen on.";
-        };
-        openFirewall = mkOption {
-          type = types.bool;
-          default = false;
-          description = "Open `port` in the firewall.";
         };
         metrics = mkOption {
           type = types.bool;

@@ -13,7 +13,11 @@ let
   models = top.resolvedModels;
 
   instanceModule = {
-    options = {
+    options = ilib.listenOptions {
+      port = 30000;
+      portDescription = "Port of the OpenAI-compatible API.";
+    }
+    // {
       model = mkOption {
         type = types.str;
         example = "phi-4-mini-fp8";
@@ -27,21 +31,6 @@ let
         default = cfg.package;
         defaultText = lib.literalExpression "config.services.inference.sglang.package";
         description = "Python environment with SGLang for this instance.";
-      };
-      host = mkOption {
-        type = types.str;
-        default = "127.0.0.1";
-        description = "Address to listen on.";
-      };
-      port = mkOption {
-        type = types.port;
-        default = 30000;
-        description = "Port of the OpenAI-compatible API.";
-      };
-      openFirewall = mkOption {
-        type = types.bool;
-        default = false;
-        description = "Open `port` in the firewall.";
       };
       gpus = mkOption {
         type = types.nullOr (types.listOf types.str);

@@ -14,7 +14,11 @@ let
   yaml = pkgs.formats.yaml { };
 
   instanceModule = {
-    options = {
+    options = ilib.listenOptions {
+      port = 8000;
+      portDescription = "Port of the OpenAI-compatible API.";
+    }
+    // {
       model = mkOption {
         type = types.str;
         example = "qwen3-8b";
@@ -25,21 +29,6 @@ let
         default = cfg.package;
         defaultText = lib.literalExpression "config.services.inference.vllm.package";
         description = "vLLM package of this instance.";
-      };
-      host = mkOption {
-        type = types.str;
-        default = "127.0.0.1";
-        description = "Address to listen on.";
-      };
-      port = mkOption {
-        type = types.port;
-        default = 8000;
-        description = "Port of the OpenAI-compatible API.";
-      };
-      openFirewall = mkOption {
-        type = types.bool;
-        default = false;
-        description = "Open `port` in the firewall.";
       };
       gpus = mkOption {
         type = types.nullOr (types.listOf types.str);

@@ -115,16 +115,6 @@ def sri(digest: bytes) -> str:
     return "sha256-" + base64.b64encode(digest).decode()
 
 
-def sri_to_digest(value: str) -> bytes:
-    algo, _, b64 = value.partition("-")
-    if algo != "sha256" or not b64:
-        raise ValueError(f"not a sha256 SRI hash: {value!r}")
-    digest = base64.b64decode(b64, validate=True)
-    if len(digest) != 32:
-        raise ValueError(f"not a sha256 SRI hash: {value!r}")
-    return digest
-
-
 def _compress(digest: bytes, size: int) -> bytes:
     out = bytearray(size)
     for i, byte in enumerate(digest):

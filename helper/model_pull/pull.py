@@ -14,7 +14,6 @@ import hashlib
 import logging
 import os
 import shutil
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -440,7 +439,3 @@ def package(
             raise
         finally:
             progress.close()
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
