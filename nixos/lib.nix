@@ -264,4 +264,63 @@ rec {
         description = "Open `port` in the firewall.";
       };
     };
+
+  # The unit of a runtime that reads a model from its HF cache tree (vLLM, SGLang): gated on
+  # refs/main, offline, hardened (a JIT runtime), its own cache directory; only the description
+  # and the command line differ.
+  hfService =
+    {
+      description,
+      root,
+      unit, # the unit's name without .service
+      model, # the declared model's name
+      m, # its resolved declaration
+      gpus,
+      command, # argv
+    }:
+    {
+      inherit description;
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network.target" ];
+      unitConfig = startLimit // {
+        ConditionPathExists = [ (hubRefsMain root model m) ];
+      };
+      environment = offlineHubEnv (hubCache root model m) "/var/cache/inference/${unit}" // gpuEnv gpus;
+      serviceConfig =
+        hardening {
+          user = "inference";
+          inherit root;
+          jit = true;
+        }
+        // {
+          CacheDirectory = "inference/${unit}";
+          ExecStart = execLine command;
+          # Loading weights and compiling graphs takes minutes.
+          TimeoutStartSec = "15min";
+        };
+    };
+
+  # CUDA_VISIBLE_DEVICES of a runtime (see gpuEnv).
+  gpusOption =
+    label:
+    lib.mkOption {
+      type = lib.types.nullOr (lib.types.listOf lib.types.str);
+      default = null;
+      example = [
+        "0"
+        "1"
+      ];
+      description = "GPUs visible to ${label} (`CUDA_VISIBLE_DEVICES`); `null`: all.";
+    };
+
+  # The values `settingsToArgs` renders as command-line flags (RFC 42 settings).
+  flagSettingsType = lib.types.attrsOf (
+    lib.types.oneOf [
+      lib.types.bool
+      lib.types.int
+      lib.types.float
+      lib.types.str
+      (lib.types.listOf lib.types.str)
+    ]
+  );
 }

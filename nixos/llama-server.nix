@@ -102,22 +102,9 @@ let
             never in the store or on the command line.
           '';
         };
-        gpus = mkOption {
-          type = types.nullOr (types.listOf types.str);
-          default = null;
-          example = [ "0" ];
-          description = "GPUs visible to the server (`CUDA_VISIBLE_DEVICES`); `null`: all.";
-        };
+        gpus = ilib.gpusOption "the server";
         settings = mkOption {
-          type = types.attrsOf (
-            types.oneOf [
-              types.bool
-              types.int
-              types.float
-              types.str
-              (types.listOf types.str)
-            ]
-          );
+          type = ilib.flagSettingsType;
           default = { };
           example = {
             spec-draft-n-max = 16;

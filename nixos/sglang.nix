@@ -32,21 +32,9 @@ let
         defaultText = lib.literalExpression "config.services.inference.sglang.package";
         description = "Python environment with SGLang for this instance.";
       };
-      gpus = mkOption {
-        type = types.nullOr (types.listOf types.str);
-        default = null;
-        description = "GPUs visible to SGLang (`CUDA_VISIBLE_DEVICES`); `null`: all.";
-      };
+      gpus = ilib.gpusOption "SGLang";
       settings = mkOption {
-        type = types.attrsOf (
-          types.oneOf [
-            types.bool
-            types.int
-            types.float
-            types.str
-            (types.listOf types.str)
-          ]
-        );
+        type = ilib.flagSettingsType;
         default = { };
         example = {
           mem-fraction-static = 0.8;
@@ -72,42 +60,27 @@ let
     name: inst:
     let
       m = models.${inst.model};
-      cacheDir = "/var/cache/inference/${unitName name}";
     in
-    {
+    ilib.hfService {
       description = "SGLang server ${name} (${m.repo})";
-      wantedBy = [ "multi-user.target" ];
-      after = [ "network.target" ];
-      unitConfig = ilib.startLimit // {
-        ConditionPathExists = [ (ilib.hubRefsMain top.root inst.model m) ];
-      };
-      environment =
-        ilib.offlineHubEnv (ilib.hubCache top.root inst.model m) cacheDir // ilib.gpuEnv inst.gpus;
-      serviceConfig =
-        ilib.hardening {
-          user = "inference";
-          root = top.root;
-          jit = true;
-        }
-        // {
-          CacheDirectory = "inference/${unitName name}";
-          ExecStart = ilib.execLine (
-            [
-              (lib.getExe' inst.package "python")
-              "-m"
-              "sglang.launch_server"
-              "--model-path"
-              m.repo
-              "--host"
-              inst.host
-              "--port"
-              inst.port
-            ]
-            ++ ilib.settingsToArgs inst.settings
-            ++ inst.extraArgs
-          );
-          TimeoutStartSec = "15min";
-        };
+      inherit (top) root;
+      unit = unitName name;
+      inherit (inst) model gpus;
+      inherit m;
+      command =
+        [
+          (lib.getExe' inst.package "python")
+          "-m"
+          "sglang.launch_server"
+          "--model-path"
+          m.repo
+          "--host"
+          inst.host
+          "--port"
+          inst.port
+        ]
+        ++ ilib.settingsToArgs inst.settings
+        ++ inst.extraArgs;
     };
 in
 {

@@ -92,11 +92,7 @@ in
       default = false;
       description = "Open the three ports in the firewall.";
     };
-    gpus = mkOption {
-      type = types.nullOr (types.listOf types.str);
-      default = null;
-      description = "GPUs visible to Triton (`CUDA_VISIBLE_DEVICES`); `null`: all.";
-    };
+    gpus = ilib.gpusOption "Triton";
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];

@@ -30,15 +30,7 @@ let
         defaultText = lib.literalExpression "config.services.inference.vllm.package";
         description = "vLLM package of this instance.";
       };
-      gpus = mkOption {
-        type = types.nullOr (types.listOf types.str);
-        default = null;
-        example = [
-          "0"
-          "1"
-        ];
-        description = "GPUs visible to vLLM (`CUDA_VISIBLE_DEVICES`); `null`: all.";
-      };
+      gpus = ilib.gpusOption "vLLM";
       settings = mkOption {
         type = yaml.type;
         default = { };
@@ -66,47 +58,31 @@ let
     name: inst:
     let
       m = models.${inst.model};
-      cacheDir = "/var/cache/inference/${unitName name}";
       configFile = yaml.generate "vllm-${name}.yaml" inst.settings;
     in
-    {
+    ilib.hfService {
       description = "vLLM server ${name} (${m.repo})";
-      wantedBy = [ "multi-user.target" ];
-      after = [ "network.target" ];
-      unitConfig = ilib.startLimit // {
-        ConditionPathExists = [ (ilib.hubRefsMain top.root inst.model m) ];
-      };
-      environment =
-        ilib.offlineHubEnv (ilib.hubCache top.root inst.model m) cacheDir // ilib.gpuEnv inst.gpus;
-      serviceConfig =
-        ilib.hardening {
-          user = "inference";
-          root = top.root;
-          jit = true;
-        }
-        // {
-          CacheDirectory = "inference/${unitName name}";
-          ExecStart = ilib.execLine (
-            [
-              (lib.getExe' inst.package "vllm")
-              "serve"
-              m.repo
-            ]
-            ++ lib.optionals (inst.settings != { }) [
-              "--config"
-              configFile
-            ]
-            ++ [
-              "--host"
-              inst.host
-              "--port"
-              inst.port
-            ]
-            ++ inst.extraArgs
-          );
-          # Loading weights and compiling graphs takes minutes.
-          TimeoutStartSec = "15min";
-        };
+      inherit (top) root;
+      unit = unitName name;
+      inherit (inst) model gpus;
+      inherit m;
+      command =
+        [
+          (lib.getExe' inst.package "vllm")
+          "serve"
+          m.repo
+        ]
+        ++ lib.optionals (inst.settings != { }) [
+          "--config"
+          configFile
+        ]
+        ++ [
+          "--host"
+          inst.host
+          "--port"
+          inst.port
+        ]
+        ++ inst.extraArgs;
     };
 in
 {
