@@ -20,6 +20,7 @@ from model_pull.compat import Runtime
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.layouts import Layout
 from model_pull.manifest import Manifest
+from model_pull.store import StateRoot, default_root
 
 logger = logging.getLogger("model_pull")
 
@@ -35,9 +36,7 @@ def _json_option(f: Any) -> Any:
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(f)
 
 
-def _state(root: Path | None) -> Any:
-    from model_pull.store import StateRoot, default_root
-
+def _state(root: Path | None) -> StateRoot:
     return StateRoot(root or default_root())
 
 

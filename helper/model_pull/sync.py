@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_pull import hub, pull
-from model_pull.errors import ExitCode, ModelPullError
+from model_pull.errors import ModelPullError
 from model_pull.layouts import Layout
 from model_pull.manifest import DeclaredModel, Manifest
 from model_pull.progress import Progress
@@ -55,8 +55,7 @@ def sync(
     progress: Progress, wait: bool = True, say: Callable[[str], None] = logger.info,
 ) -> SyncResult:
     state = StateRoot(root or manifest.root)
-    token = hub.read_token(manifest.token_file) if manifest.token_file else hub.read_token(None)
-    remote = hub.Remote(endpoint=manifest.endpoint, token=token)
+    remote = hub.Remote(endpoint=manifest.endpoint, token=hub.read_token(manifest.token_file))
     result = SyncResult()
     for name, model in sorted(manifest.models.items()):
         if not hub.COMMIT_RE.match(model.revision):
@@ -110,5 +109,3 @@ def raise_for(result: SyncResult) -> None:
         raise result.restart_error
     raise_for_failed(result.restarted)
 
-
-__all__ = ["ExitCode", "SyncResult", "options_for", "raise_for", "sync"]
