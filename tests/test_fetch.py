@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from model_pull.devhub import DevHub
+from model_pull.hashing import CHUNK
 from model_pull.tinymodels import tiny_llama_files, write_tiny_gguf
 
 MODEL_PULL = [sys.executable, "-m", "model_pull"]
@@ -111,7 +112,8 @@ def test_entry_is_named_and_hashed_exactly_as_nix_would(env, tmp_path):
 def test_hash_command_equals_nix_hash_path(env, tmp_path):
     d = tmp_path / "some-dir"
     (d / "sub").mkdir(parents=True)
-    (d / "sub" / "x.bin").write_bytes(os.urandom(100_003))
+    (d / "sub" / "x.bin").write_bytes(os.urandom(2 * CHUNK + 100_003))  # read ahead in chunks
+    (d / "sub" / "empty").write_bytes(b"")
     (d / "run").write_text("#!/bin/sh\n")
     (d / "run").chmod(0o755)
     (d / "link").symlink_to("sub/x.bin")

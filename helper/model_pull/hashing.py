@@ -170,9 +170,11 @@ class NarResult:
 
 
 class _Sink:
-    """Feeds the NAR hash; file contents go to extra hashers on a second thread in parallel."""
+    """Feeds the NAR hash. File contents are read ahead on a second thread while the NAR hash
+    takes the current chunk, and go to the extra (per-file) hashers on a third: each byte is read
+    once, and the copy out of the page cache and both hashes run side by side."""
 
-    def __init__(self, pool: ThreadPoolExecutor | None) -> None:
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
         self.h = hashlib.sha256()
         self.size = 0
         self.pool = pool
@@ -184,33 +186,25 @@ class _Sink:
     def contents(self, path: Path, size: int, extra: list[Hasher]) -> None:
         self.meta(struct.pack("<Q", size))
         got = 0
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        alt = bytearray(CHUNK)
-        alt_view = memoryview(alt)
-        pending: Future[None] | None = None
+        # Three buffers: one being read into, one being hashed, one still with the extra hashers.
+        bufs = [bytearray(min(CHUNK, max(size, 1))) for _ in range(3)]
         with path.open("rb", buffering=0) as f:
-            while True:
-                n = f.readinto(buf)
-                if not n:
-                    break
-                chunk = view[:n]
-                if extra and self.pool is not None:
-                    # Hash the chunk for the NAR here and for the file on the pool, in parallel;
-                    # the next read goes into the other buffer.
-                    if pending is not None:
-                        pending.result()
+            reading: Future[int] = self.pool.submit(f.readinto, bufs[0])
+            pending: Future[None] | None = None
+            i = 0
+            while n := reading.result():
+                chunk = memoryview(bufs[i % 3])[:n]
+                i += 1
+                reading = self.pool.submit(f.readinto, bufs[i % 3])
+                if pending is not None:
+                    pending.result()
+                    pending = None
+                if extra:
                     pending = self.pool.submit(_update_all, extra, chunk)
-                    self.h.update(chunk)
-                    buf, alt = alt, buf
-                    view, alt_view = alt_view, view
-                else:
-                    self.h.update(chunk)
-                    for e in extra:
-                        e.update(chunk)
+                self.h.update(chunk)
                 got += n
-        if pending is not None:
-            pending.result()
+            if pending is not None:
+                pending.result()
         if got != size:
             raise OSError(f"{path} changed size while hashing ({size} -> {got} bytes)")
         self.size += got
@@ -251,8 +245,8 @@ def _walk(sink: _Sink, path: Path, rel: str, on_file: OnFile | None) -> None:
 
 def nar_hash(path: Path, on_file: OnFile | None = None) -> NarResult:
     """SHA-256 of the NAR of `path`, reading each file once (see module docstring)."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        sink = _Sink(pool if on_file else None)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        sink = _Sink(pool)
         sink.meta(_MAGIC)
         _walk(sink, path, "", on_file)
         return NarResult(sink.h.digest(), sink.size)

@@ -192,6 +192,26 @@ class Downloaded:
     sha256: str | None
 
 
+@contextlib.contextmanager
+def chunks_as_received() -> Iterator[None]:
+    """Make `http_get` write the body in the pieces the transport reads, for the block's duration.
+
+    huggingface_hub re-joins the body into `DOWNLOAD_CHUNK_SIZE` (10 MiB) pieces before writing
+    them: one more copy of every byte, into fresh 10 MiB buffers the kernel must zero each time.
+    httpx yields its 64 KiB reads unjoined with `chunk_size=None`. Measured in
+    bench/fetch_and_hash.py: a 1 GiB fetch takes 25-30% less wall time this way. Set once around
+    a batch of downloads, never per thread.
+    """
+    from huggingface_hub import constants
+
+    before = constants.DOWNLOAD_CHUNK_SIZE
+    constants.DOWNLOAD_CHUNK_SIZE = cast(int, None)
+    try:
+        yield
+    finally:
+        constants.DOWNLOAD_CHUNK_SIZE = before
+
+
 def download(
     repo: str,
     commit: str,

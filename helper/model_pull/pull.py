@@ -313,7 +313,7 @@ def _download_all(
     with warnings.catch_warnings():
         # huggingface_hub's own disk-space warning: _ensure_space says it in one line instead
         warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
-        with ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS) as pool:
+        with hub.chunks_as_received(), ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS) as pool:
             return dict(pool.map(one, files))
 
 
