@@ -79,19 +79,23 @@ def main() -> None:
             hf_times, mp_times = [], []
             entry = None
             for i in range(args.runs):
-                cache = work / f"hf-{i}"
-                t, _ = timed([str(VENV_BIN / "hf"), "download", "bench/synthetic",
-                              "--cache-dir", str(cache)], env)
-                hf_times.append(t)
-                shutil.rmtree(cache)
-                root = work / f"mp-{i}"
-                t, out = timed([sys.executable, "-m", "model_pull", "fetch", "bench/synthetic",
-                                "--root", str(root), "--json"], env)
-                mp_times.append(t)
-                entry = json.loads(out)
-                if i < args.runs - 1:
-                    subprocess.run(["chmod", "-R", "u+w", str(root)], check=True)
-                    shutil.rmtree(root)
+                # Alternate which tool goes first, so neither always meets a warmer machine.
+                for tool in ("hf", "mp") if i % 2 == 0 else ("mp", "hf"):
+                    if tool == "hf":
+                        cache = work / f"hf-{i}"
+                        t, _ = timed([str(VENV_BIN / "hf"), "download", "bench/synthetic",
+                                      "--cache-dir", str(cache)], env)
+                        hf_times.append(t)
+                        shutil.rmtree(cache)
+                        continue
+                    root = work / f"mp-{i}"
+                    t, out = timed([sys.executable, "-m", "model_pull", "fetch",
+                                    "bench/synthetic", "--root", str(root), "--json"], env)
+                    mp_times.append(t)
+                    entry = json.loads(out)
+                    if i < args.runs - 1:
+                        subprocess.run(["chmod", "-R", "u+w", str(root)], check=True)
+                        shutil.rmtree(root)
             assert entry is not None
             weights_size = sum(f["size"] for f in entry["files"])
             entry_disk = du_bytes(Path(entry["path"]))
