@@ -24,11 +24,12 @@ server that exits right after its start (a bad flag, a missing library, a model 
 cannot read) fails there, after systemd already called its start `done`. Finally each unit's
 state is read with ONE `org.freedesktop.DBus.Properties.GetAll`.
 
-A unit that failed carries the last lines of its journal, read with `journalctl -u UNIT`
-through `process.run`. When the bus is another root's (the address is
-`unix:path=ROOT/run/dbus/system_bus_socket`, as for a container seen through /proc), the
-journal is read from that root (`journalctl --root=ROOT`); a bus that is not a local socket
-(tcp, abstract) gives no journal lines, only the unit's Result and exit status.
+A unit that failed carries the last lines of its journal since the restart was asked for (not
+the lines of earlier starts), read with `journalctl -u UNIT` through `process.run`. When the
+bus is another root's (the address is `unix:path=ROOT/run/dbus/system_bus_socket`, as for a
+container seen through /proc), the journal is read from that root (`journalctl --root=ROOT`);
+a bus that is not a local socket (tcp, abstract) gives no journal lines, only the unit's Result
+and exit status.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -198,6 +200,7 @@ def restart_waiting_units(
             else:
                 logger.info("%s: left alone (%s)", unit, reason)
                 outcomes[unit] = _outcome(state, skipped_reason=reason, job_result=None)
+        since = time.time()
         jobs, refusals = sd.restart(list(todo), timeout=timeout) if todo else ({}, {})
         started = [todo[u] for u, res in jobs.items() if res == "done"]
         if started and settle > 0:
@@ -206,7 +209,7 @@ def restart_waiting_units(
             state = UnitState.from_properties(unit, sd.get_all(path))
             outcome = _outcome(state, skipped_reason=None, job_result=jobs.get(unit))
             if outcome.failed:
-                lines = refusals.get(unit, ()) + journal_tail(unit, sd.address)
+                lines = refusals.get(unit, ()) + journal_tail(unit, sd.address, since=since)
                 outcome = replace(outcome, journal=lines)
             logger.info("%s: %s", unit, outcome.describe())
             outcomes[unit] = outcome
@@ -314,8 +317,12 @@ def journal_root(address: str) -> str | None:
     return None
 
 
-def journal_tail(unit: str, address: str, lines: int = JOURNAL_LINES) -> tuple[str, ...]:
-    """The last lines of a unit's journal as "ident[pid]: message", or one line saying why not."""
+def journal_tail(unit: str, address: str, lines: int = JOURNAL_LINES,
+                 since: float | None = None) -> tuple[str, ...]:
+    """The last lines of a unit's journal as "ident[pid]: message", or one line saying why not.
+
+    With `since` (seconds since the epoch), only lines logged from then on.
+    """
     root = journal_root(address)
     if root is None:
         return (f"(no journal: the bus {address} is not a local socket)",)
@@ -323,18 +330,28 @@ def journal_tail(unit: str, address: str, lines: int = JOURNAL_LINES) -> tuple[s
     if root != "/":
         argv.append(f"--root={root}")
     argv += ["-u", unit, "-n", str(lines), "--no-pager", "--output=json"]
+    if since is not None:
+        argv.append(f"--since=@{int(since)}")  # whole seconds: the exact cut is made below
     result = process.run(argv, check=False, timeout=30)
     if result.returncode != 0:
         why = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
         return (f"(journalctl failed: {why})",)
-    return tuple(_journal_line(line) for line in result.stdout.splitlines() if line.strip())
+    records = [_journal_record(line) for line in result.stdout.splitlines() if line.strip()]
+    if since is not None:
+        cut = int(since * 1_000_000)
+        records = [r for r in records if int(r.get("__REALTIME_TIMESTAMP", cut)) >= cut]
+    return tuple(_journal_line(r) for r in records)
 
 
-def _journal_line(raw: str) -> str:
+def _journal_record(raw: str) -> dict[str, Any]:
     try:
         record = json.loads(raw)
     except ValueError:
-        return raw
+        return {"MESSAGE": raw}
+    return record if isinstance(record, dict) else {"MESSAGE": raw}
+
+
+def _journal_line(record: Mapping[str, Any]) -> str:
     message = record.get("MESSAGE", "")
     if isinstance(message, list):  # not UTF-8: journalctl gives the bytes
         message = bytes(message).decode("utf-8", "replace")

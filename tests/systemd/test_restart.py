@@ -110,16 +110,23 @@ def test_unit_that_fails_is_reported_with_its_journal(
 ):
     ready = tmp_path / "ready"
     ready.touch()
-    script = "echo 'cannot load model: tensor blk.0 has wrong shape' >&2; sleep 0.2; exit 3"
+    starts = tmp_path / "starts"
+    script = (f"echo >> {starts}; echo start $(wc -l < {starts}): "
+              "cannot load model: tensor blk.0 has wrong shape >&2; sleep 0.2; exit 3")
     bus.install_unit("broken.service", gated_unit(
-        ready, exec_start=f"/bin/sh -c \"{script}\"", extra=restart_policy))
+        ready, exec_start=f"/bin/sh -c '{script}'", extra=restart_policy))
 
+    (first,) = systemd.restart_waiting_units(["broken.service"])
+    assert any("start 1: cannot load model" in line for line in first.journal), first.journal
     (outcome,) = systemd.restart_waiting_units(["broken.service"])
 
     assert outcome.failed
     assert outcome.exec_main_status == 3
     assert outcome.result == "exit-code"
-    assert any("tensor blk.0 has wrong shape" in line for line in outcome.journal)
+    assert any("start 2: cannot load model: tensor blk.0 has wrong shape" in line
+               for line in outcome.journal), outcome.journal
+    # only this restart's lines: the first start's failure is not reported again
+    assert not any("start 1:" in line for line in outcome.journal), outcome.journal
     with pytest.raises(ModelPullError) as err:
         systemd.raise_for_failed([outcome])
     assert err.value.code is ExitCode.UNIT_FAILED
