@@ -199,7 +199,7 @@ def chunks_as_received() -> Iterator[None]:
     huggingface_hub re-joins the body into `DOWNLOAD_CHUNK_SIZE` (10 MiB) pieces before writing
     them: one more copy of every byte, into fresh 10 MiB buffers the kernel must zero each time.
     httpx yields its 64 KiB reads unjoined with `chunk_size=None`. Measured in
-    bench/fetch_and_hash.py: a 1 GiB fetch takes 25-30% less wall time this way. Set once around
+    bench/fetch_and_hash.py: a 1 GiB fetch takes about a quarter less wall time. Set once around
     a batch of downloads, never per thread.
     """
     from huggingface_hub import constants
