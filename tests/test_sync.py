@@ -56,7 +56,7 @@ def run(url: str, mpath: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_pulls_every_declared_model_then_nothing_to_do(served, tmp_path):
-    _, url, commits = served
+    hub, url, commits = served
     root = tmp_path / "root"
     m = manifest(tmp_path / "models.json", root, {
         "main": ("org/main-gguf", commits["org/main-gguf"], ["main-Q4_K_M.gguf"], "gguf", None),
@@ -67,10 +67,15 @@ def test_pulls_every_declared_model_then_nothing_to_do(served, tmp_path):
     for name, file in (("main", "main-Q4_K_M.gguf"), ("draft", "draft-Q4_K_M.gguf")):
         assert (root / "models" / name / "share/models/gguf" / file).is_file()
     assert "follows 'main', not a commit" in first.stderr  # the branch-tracking warning
+    hub.reset_counters()
     second = run(url, m, "--no-restart")
     assert second.returncode == 0, second.stderr
     assert sorted(second.stdout.splitlines()) == ["draft: up to date", "main: up to date"]
     assert "NVML" not in second.stderr  # nothing to download: nothing to check
+    # a pinned commit costs no request; a branch that did not move costs one (no listing)
+    assert hub.api_requests("org/main-gguf") == []
+    assert hub.api_requests("org/draft-gguf") == ["/api/models/org/draft-gguf/revision/main"]
+    assert hub.requests() == []
 
 
 def test_no_system_bus_is_exit_40_and_the_pull_still_happened(served, tmp_path):

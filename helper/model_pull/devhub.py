@@ -279,6 +279,7 @@ class DevHub:
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[int, Repo]] = {}
         self._records: list[RequestRecord] = []
+        self._api_paths: list[str] = []
         self._served: dict[tuple[str, str], int] = {}
 
     # ---- repos -------------------------------------------------------------------------
@@ -457,6 +458,17 @@ class DevHub:
             if (repo_id is None or r.repo_id == repo_id) and (path is None or r.path == path)
         ]
 
+    def _record_api(self, path: str) -> None:
+        with self._lock:
+            self._api_paths.append(path)
+
+    def api_requests(self, repo_id: str | None = None) -> list[str]:
+        """URL paths of the API requests seen so far (model info, tree listings), oldest first,
+        optionally only those about one repo."""
+        prefix = f"/api/models/{repo_id}/" if repo_id else "/api/"
+        with self._lock:
+            return [p for p in self._api_paths if p.startswith(prefix)]
+
     def _count(self, repo_id: str, path: str, n: int) -> None:
         with self._lock:
             key = (repo_id, path)
@@ -470,6 +482,7 @@ class DevHub:
     def reset_counters(self) -> None:
         with self._lock:
             self._records.clear()
+            self._api_paths.clear()
             self._served.clear()
 
     # ---- serving -----------------------------------------------------------------------
@@ -576,6 +589,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         parts = url.path.split("/")[1:]
         try:
             if len(parts) >= 3 and parts[0] == "api" and parts[1] == "models":
+                self.hub._record_api(urllib.parse.unquote(url.path))
                 self._api_models(parts[2:], query, url.path, head=head)
             elif len(parts) >= 4 and parts[2] == "resolve":
                 self._resolve(parts, head=head)

@@ -227,12 +227,13 @@ def fetch(
         if done is not None:
             return done
     commit = hub.resolve_revision(repo, revision, remote)
-    listing = hub.list_files(repo, commit, remote)
-    refuse_unsafe([f.path for f in listing])
-    chosen = select(listing, options)
+    # The commit and the options decide the entry: a branch that did not move costs one request.
     done = up_to_date(root, name, repo, commit, options)
     if done is not None:
         return done
+    listing = hub.list_files(repo, commit, remote)
+    refuse_unsafe([f.path for f in listing])
+    chosen = select(listing, options)
     if preflight is not None:
         preflight(commit, chosen)
     with root.lock(wait=wait), os_errors("download and install", root.path):
