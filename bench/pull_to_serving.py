@@ -26,13 +26,12 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(PROJECT / "tests" / "systemd"), str(PROJECT / "helper")]
 
-from serving_world import World, package_dir, serving_world  # noqa: E402
+from serving_world import World, llama_server_binary, package_dir, serving_world  # noqa: E402
 from test_pull_to_serving import (  # noqa: E402
     HOST,
     PORT,
     UNIT,
     add_main,
-    llama_server_binary,
     setup_hub,
 )
 

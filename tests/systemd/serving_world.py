@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from container import PROJECT, SystemdContainer
 
@@ -93,6 +96,18 @@ class World:
 
     def model_pull(self, *args: str, timeout: float = 300) -> Any:
         return self.ct.model_pull(list(args), env=self.pull_env, timeout=timeout)
+
+
+def llama_server_binary() -> Path:
+    """The llama-server binary: $LLAMA_SERVER, or scripts/build-llama-server.sh (cached;
+    a cold build takes ~6 minutes on 2 cores)."""
+    if os.environ.get("LLAMA_SERVER"):
+        return Path(os.environ["LLAMA_SERVER"])
+    proc = subprocess.run([str(PROJECT / "scripts/build-llama-server.sh")], capture_output=True,
+                          text=True, timeout=1200, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/build-llama-server.sh failed:\n{proc.stderr[-3000:]}")
+    return Path(proc.stdout.strip().splitlines()[-1])
 
 
 def package_dir(base: Path, name: str, files: Mapping[str, str | Path], mode: int = 0o755) -> Path:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
-from container import PROJECT, SystemdContainer
+from container import SystemdContainer
+from serving_world import llama_server_binary
 
 from model_pull import systemd
 from model_pull.tinymodels import write_tiny_gguf
@@ -21,15 +20,7 @@ UNIT = "llama-server-tiny.service"
 
 @pytest.fixture(scope="session")
 def llama_server() -> Path:
-    """The llama-server binary: $LLAMA_SERVER, or scripts/build-llama-server.sh (cached;
-    a cold build takes ~6 minutes on 2 cores)."""
-    if os.environ.get("LLAMA_SERVER"):
-        return Path(os.environ["LLAMA_SERVER"])
-    proc = subprocess.run([str(PROJECT / "scripts/build-llama-server.sh")], capture_output=True,
-                          text=True, timeout=1200, check=False)
-    if proc.returncode != 0:
-        pytest.fail(f"scripts/build-llama-server.sh failed:\n{proc.stderr[-3000:]}")
-    return Path(proc.stdout.strip().splitlines()[-1])
+    return llama_server_binary()
 
 
 def llama_unit(binary: Path, gguf: Path) -> str:

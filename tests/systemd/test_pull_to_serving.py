@@ -13,16 +13,14 @@ steps run in order and build on each other:
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from container import PROJECT, unavailable_reason
-from serving_world import World, package_dir, serving_world
+from container import unavailable_reason
+from serving_world import World, llama_server_binary, package_dir, serving_world
 
 from model_pull.devhub import DevHub
 from model_pull.errors import ExitCode
@@ -41,16 +39,6 @@ MAIN_GGUF = f"/var/lib/inference/models/{MAIN}/share/models/gguf/{MAIN_FILE}"  #
 DEADLINE = 60.0
 
 # The rendered unit runs unchanged: every line is what NixOS writes.
-
-
-def llama_server_binary() -> Path:
-    if os.environ.get("LLAMA_SERVER"):
-        return Path(os.environ["LLAMA_SERVER"])
-    proc = subprocess.run([str(PROJECT / "scripts/build-llama-server.sh")], capture_output=True,
-                          text=True, timeout=1200, check=False)
-    if proc.returncode != 0:
-        pytest.fail(f"scripts/build-llama-server.sh failed:\n{proc.stderr[-3000:]}")
-    return Path(proc.stdout.strip().splitlines()[-1])
 
 
 def add_main(hub: DevHub, base: Path, seed: int) -> str:
