@@ -250,7 +250,20 @@ in
       ++ lib.mapAttrsToList (name: m: {
         assertion = m.layout == "hf" || m.layout == "gguf" || m.tritonName != null;
         message = "services.inference.models.${name}.tritonName is needed for the ${m.layout} layout.";
-      }) models;
+      }) models
+      # engineDefaults become Triton's model.json: triton.nix checks those of the models it
+      # serves against its own vLLM; the others against the vLLM model-pull ships the list of.
+      ++ lib.concatLists (
+        lib.mapAttrsToList (
+          name: m:
+          lib.optionals (!(cfg ? triton && cfg.triton.enable && cfg.triton.models ? ${name})) (
+            ilib.engineArgsAssertions {
+              option = "services.inference.models.${name}.engineDefaults";
+              args = ilib.runtimeArgs.vllm;
+            } m.engineDefaults
+          )
+        ) models
+      );
 
     warnings = lib.concatLists (
       lib.mapAttrsToList (

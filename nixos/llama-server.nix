@@ -163,7 +163,10 @@ let
           "-ngld"
           inst.gpuLayers
         ]
-        ++ ilib.settingsToArgs inst.settings
+        ++ ilib.settingsToArgs {
+          args = ilib.argsOf "llama-server" cfg.package;
+          lists = "comma";
+        } inst.settings
         ++ inst.extraArgs;
     in
     {
@@ -232,6 +235,17 @@ in
             message = "services.inference.llama-server.instances.${name}.apiKeyFile must be an absolute path.";
           }
         ]
+      ) cfg.instances
+    );
+
+    warnings = lib.concatLists (
+      lib.mapAttrsToList (
+        name: inst:
+        (ilib.settingsChecks {
+          option = "services.inference.llama-server.instances.${name}.settings";
+          label = "llama-server";
+          args = ilib.argsOf "llama-server" cfg.package;
+        } inst.settings).warnings
       ) cfg.instances
     );
 

@@ -139,11 +139,12 @@ def test_h100_vllm_triton_and_sglang_share_one_dual_entry(golden: dict[str, Any]
     assert env["HF_HUB_CACHE"] == f"{entry}/share/models/hub"
     assert env["HF_HUB_OFFLINE"] == "1"
     assert vllm["serviceConfig"]["MemoryDenyWriteExecute"] is False
-    assert (
-        f'"{golden["packages"]["vllm"]}/bin/vllm" "serve" "Qwen/Qwen3.5-2B" "--config"'
-        in (vllm["serviceConfig"]["ExecStart"])
+    # the settings as flags (tests/test_runtime_args.py reads them back with vLLM's parser)
+    assert vllm["serviceConfig"]["ExecStart"] == (
+        f'"{golden["packages"]["vllm"]}/bin/vllm" "serve" "Qwen/Qwen3.5-2B" '
+        '"--host" "127.0.0.1" "--port" "8000" "--gpu-memory-utilization" "0.3" '
+        '"--max-model-len" "4096" "--served-model-name" "qwen3.5-2b"'
     )
-    assert host["vllmSettings"]["qwen"]["gpu-memory-utilization"] == 0.3
 
     triton = host["units"]["triton.service"]
     assert triton["unitConfig"]["ConditionPathExists"] == [
@@ -187,6 +188,18 @@ def test_h100_vllm_triton_and_sglang_share_one_dual_entry(golden: dict[str, Any]
         "models": ["qwen3_5-2b"],
         "cudaCapabilities": ["9.0"],
     }
+
+    # PyTorch runtimes compile kernels at run time: a C compiler first on PATH, the rest of
+    # PATH what NixOS gives every service; the caches in the unit's own CacheDirectory
+    for unit in ("vllm-qwen.service", "triton.service", "sglang-qwen.service"):
+        env = host["units"][unit]["environment"]
+        path = env["PATH"].split(":")
+        assert path[0] == f'{golden["packages"]["cc"]}/bin', unit
+        assert f'{golden["packages"]["coreutils"]}/bin' in path, unit
+        cache = "/var/cache/" + host["units"][unit]["serviceConfig"]["CacheDirectory"]
+        for var in ("HOME", "XDG_CACHE_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR",
+                    "VLLM_CACHE_ROOT", "FLASHINFER_WORKSPACE_BASE"):
+            assert env[var].startswith(cache), (unit, var, env[var])
 
     pull = host["units"]["model-pull.service"]
     assert "network-online.target" in pull["after"] and "network-online.target" in pull["wants"]

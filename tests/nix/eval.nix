@@ -40,8 +40,6 @@ let
       users = lib.mapAttrs (_: u: { inherit (u) isSystemUser group; }) config.users.users;
       tmpfiles = config.systemd.tmpfiles.rules;
       firewall = config.networking.firewall.allowedTCPPorts;
-      # What the YAML given to `vllm serve --config` holds (pkgs.formats.yaml of this).
-      vllmSettings = lib.mapAttrs (_: i: i.settings) config.services.inference.vllm.instances;
     };
 
   evalConfig =
@@ -68,7 +66,15 @@ let
       vllm
       model-pull
       triton-inference-server
+      # on the units' PATH
+      coreutils
+      findutils
+      gnugrep
+      gnused
+      systemd
+      jq
       ;
+    cc = stubs.pkgs.stdenv.cc;
     sglang-env = stubs.pkgs.python3.withPackages (ps: [ ps.sglang ]);
   };
 in

@@ -59,47 +59,61 @@ let
     default = [ ];
   };
 
-  serviceModule = {
-    options = {
-      enable = mkOption {
-        type = types.bool;
-        default = true;
-      };
-      description = mkOption {
-        type = types.str;
-        default = "";
-      };
-      wantedBy = listOfUnits;
-      requiredBy = listOfUnits;
-      after = listOfUnits;
-      before = listOfUnits;
-      wants = listOfUnits;
-      requires = listOfUnits;
-      bindsTo = listOfUnits;
-      partOf = listOfUnits;
-      conflicts = listOfUnits;
-      unitConfig = mkOption {
-        type = types.attrsOf unitOption;
-        default = { };
-      };
-      serviceConfig = mkOption {
-        type = types.attrsOf unitOption;
-        default = { };
-      };
-      environment = mkOption {
-        type = types.attrsOf (types.nullOr (types.oneOf [ types.str types.path types.package ]));
-        default = { };
-      };
-      path = mkOption {
-        type = types.listOf (types.either types.package types.str);
-        default = [ ];
-      };
-      restartTriggers = mkOption {
-        type = types.listOf types.unspecified;
-        default = [ ];
+  # The default PATH of every NixOS service, and how NixOS turns `path` into PATH
+  # (nixos/lib/systemd-lib.nix: serviceConfig, stage2ServiceConfig).
+  defaultServicePath = map pkg [
+    "coreutils"
+    "findutils"
+    "gnugrep"
+    "gnused"
+    "systemd"
+  ];
+
+  serviceModule =
+    { config, ... }:
+    {
+      config.path = lib.mkAfter defaultServicePath;
+      config.environment.PATH = "${lib.makeBinPath config.path}:${lib.makeSearchPathOutput "bin" "sbin" config.path}";
+      options = {
+        enable = mkOption {
+          type = types.bool;
+          default = true;
+        };
+        description = mkOption {
+          type = types.str;
+          default = "";
+        };
+        wantedBy = listOfUnits;
+        requiredBy = listOfUnits;
+        after = listOfUnits;
+        before = listOfUnits;
+        wants = listOfUnits;
+        requires = listOfUnits;
+        bindsTo = listOfUnits;
+        partOf = listOfUnits;
+        conflicts = listOfUnits;
+        unitConfig = mkOption {
+          type = types.attrsOf unitOption;
+          default = { };
+        };
+        serviceConfig = mkOption {
+          type = types.attrsOf unitOption;
+          default = { };
+        };
+        environment = mkOption {
+          type = types.attrsOf (types.nullOr (types.oneOf [ types.str types.path types.package ]));
+          default = { };
+        };
+        path = mkOption {
+          type = types.listOf (types.either types.package types.str);
+          default = [ ];
+        };
+        restartTriggers = mkOption {
+          type = types.listOf types.unspecified;
+          default = [ ];
+        };
       };
     };
-  };
 in
 {
   pkgs =
@@ -110,6 +124,11 @@ in
         model-pull = pkg "model-pull";
         triton-inference-server = pkg "triton-inference-server";
         coreutils = pkg "coreutils";
+        findutils = pkg "findutils";
+        gnugrep = pkg "gnugrep";
+        gnused = pkg "gnused";
+        systemd = pkg "systemd";
+        stdenv.cc = pkg "gcc-wrapper";
         jq = pkg "jq";
         python3 = pkg "python3" // {
           withPackages = f: pkg "python3-env-${lib.concatMapStringsSep "-" (p: p.name) (f self.python3Packages)}";
