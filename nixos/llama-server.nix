@@ -112,8 +112,10 @@ let
             no-webui = true;
           };
           description = ''
-            More llama-server flags, by long name (RFC 42): `{ spec-draft-n-max = 16; no-webui = true; }`
-            gives `--spec-draft-n-max 16 --no-webui`.
+            More llama-server flags, by long name (RFC 42): `{ spec-draft-n-max = 16; webui = false; }`
+            gives `--spec-draft-n-max 16 --no-webui`; a list gives one comma-separated value, as
+            llama.cpp reads several values. An option the llama-server model-pull was tested with
+            does not have is a warning.
           '';
         };
         extraArgs = mkOption {

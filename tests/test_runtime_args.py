@@ -175,17 +175,19 @@ def test_vllm_and_sglang_read_back_every_setting(rendered: dict[str, Any]) -> No
 
 @pytest.mark.slow
 def test_the_parsers_catch_a_wrong_rendering() -> None:
-    """The check above can fail: renderings the old modules produced are refused or lost."""
+    """The check above can fail: other renderings are refused or lose the setting."""
     base = ["serve", "org/d", "--port", "8000"]
-    v_yaml_false, s_repeated, v_plain_false = run_parsers([
-        # a false in --config YAML is dropped by vLLM: prefix caching stays at its default
+    v_valued_switch, s_repeated, v_left_out = run_parsers([
         ("vllm", [*base, "--enable-prefix-caching", "false"]),
+        # what settingsToArgs rendered for lists before: SGLang keeps the last one only
         ("sglang", ["--model-path", "org/d", "--lora-paths", "a=/x", "--lora-paths", "b=/y"]),
+        # a false left out (as vLLM's --config YAML loader does): vLLM's default, which turns
+        # prefix caching on
         ("vllm", base),
     ])
-    assert "unrecognized arguments: false" in v_yaml_false["error"]
+    assert "unrecognized arguments: false" in v_valued_switch["error"]
     assert s_repeated["args"]["lora_paths"] == ["b=/y"]
-    assert v_plain_false["args"]["enable_prefix_caching"] is None
+    assert v_left_out["args"]["enable_prefix_caching"] is None
 
 
 @evaluates_nix
