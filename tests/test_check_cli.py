@@ -155,7 +155,9 @@ def test_manifest_unit_gives_runtime_and_build_sms(tmp_path):
     gguf_model(root / "models" / "main" / "m.gguf", gguf.GGMLQuantizationType.Q8_0,
                file_type=gguf.LlamaFileType.MOSTLY_Q8_0)
     manifest = tmp_path / "models.json"
-    manifest.write_text(json.dumps({"version": 1, "models": {}, "units": {
+    manifest.write_text(json.dumps({"version": 1, "models": {"main": {
+        "repo": "org/main", "revision": "main", "layout": "gguf",
+        "units": ["llama-server-main.service"]}}, "units": {
         "llama-server-main.service": {"runtime": "llama-server", "models": ["main"],
                                       "cudaCapabilities": ["12.0"]}}}))
     env = {"MODEL_PULL_MANIFEST": str(manifest)}

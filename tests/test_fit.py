@@ -6,7 +6,7 @@ import gguf
 import pytest
 
 from _check_models import LLAMA_8B, gguf_model
-from model_pull.compat import Runtime
+from model_pull.datamodel import Runtime
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.fit import GIB, Architecture, estimate, kv_bytes_per_element
 from model_pull.ggufmeta import read_gguf

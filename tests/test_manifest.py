@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from model_pull.compat import Runtime
+from model_pull.datamodel import Layout, Runtime
 from model_pull.errors import ExitCode, ModelPullError
-from model_pull.layouts import Layout
 from model_pull.manifest import Manifest
 
 REV = "0123456789abcdef0123456789abcdef01234567"

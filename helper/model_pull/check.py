@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model_pull import compat, fit, gpu, quant
-from model_pull.compat import PackageArch, Runtime, Support
+from model_pull.compat import PackageArch, Support
+from model_pull.datamodel import ENTRY_MANIFEST, RootPaths, Runtime
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.ggufmeta import GgufInfo, HeaderIncompleteError, read_gguf, read_gguf_header
 from model_pull.gpu import GpuFacts
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ROOT = "/var/lib/inference"
-DEFAULT_MANIFEST = "/etc/inference/models.json"
 FALLBACK_CONTEXT = 4096
 _SPLIT = re.compile(r"^(?P<stem>.*)-(?P<part>\d{5})-of-(?P<total>\d{5})\.gguf$")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -112,7 +110,7 @@ def resolve_model_path(path: Path) -> Path:
             raise ModelPullError(ExitCode.BAD_INPUT, f"{path} is a file but not a .gguf",
                                  hint="pass the model directory")
         return path
-    if not (path / "share" / "model-pull" / "manifest.json").is_file():
+    if not (path / ENTRY_MANIFEST).is_file():
         return path
     models = path / "share" / "models"
     found = sorted(models.glob("hub/models--*/snapshots/*")) or sorted(
@@ -200,27 +198,16 @@ class UnitFacts:
     unit: str
 
 
-def unit_facts_from_manifest(name: str, runtime: Runtime | None,
-                             path: Path | None = None) -> UnitFacts | None:
+def unit_facts_from_manifest(name: str, runtime: Runtime | None) -> UnitFacts | None:
     """The runtime and cudaCapabilities of the unit that serves model `name`, from the NixOS
-    manifest (MODEL_PULL_MANIFEST, default /etc/inference/models.json). None when absent."""
-    path = path or Path(os.environ.get("MODEL_PULL_MANIFEST", DEFAULT_MANIFEST))
-    if not path.is_file():
+    manifest (manifest.Manifest). None on a machine without one, or when no unit serves it."""
+    from model_pull.manifest import Manifest
+
+    manifest = Manifest.load_optional()
+    unit = manifest.unit_serving(name, runtime) if manifest else None
+    if unit is None:
         return None
-    data = _load_json(path)
-    units = data.get("units", {}) if isinstance(data, Mapping) else {}
-    for unit, u in sorted(units.items()):
-        if not isinstance(u, Mapping) or name not in (u.get("models") or []):
-            continue
-        try:
-            rt = Runtime(u.get("runtime"))
-        except ValueError:
-            rt = None
-        if runtime is not None and rt is not None and rt is not runtime:
-            continue
-        caps = tuple(PackageArch.parse(str(c)) for c in (u.get("cudaCapabilities") or []))
-        return UnitFacts(rt, caps, unit)
-    return None
+    return UnitFacts(unit.runtime, parse_package_sms(",".join(unit.cuda_capabilities)), unit.name)
 
 
 # --- the decision ------------------------------------------------------------------------------
@@ -456,10 +443,6 @@ def render_text(report: Report) -> str:
 # --- what the user named -----------------------------------------------------------------------
 
 
-def state_root(root: str | None) -> Path:
-    return Path(root or os.environ.get("MODEL_PULL_ROOT") or DEFAULT_ROOT)
-
-
 def load_target(target: str, *, root: Path, revision: str | None = None) -> ModelMetadata:
     """NAME (a model in <root>/models), PATH (directory, entry or .gguf), or REPO (org/name on
     the Hub: metadata files and GGUF headers only, never weights)."""
@@ -468,7 +451,7 @@ def load_target(target: str, *, root: Path, revision: str | None = None) -> Mode
         if revision:
             raise ModelPullError(ExitCode.USAGE, "--revision applies to a Hub repo, not a path")
         return ModelMetadata.from_directory(path)
-    named = root / "models" / target
+    named = RootPaths(root).model_link(target)
     if "/" not in target and named.exists():
         meta = ModelMetadata.from_directory(named)
         return ModelMetadata(target, meta.quantization, meta.architecture, meta.weight_bytes,

@@ -16,20 +16,21 @@ import click
 
 from model_pull import __version__, check
 from model_pull import status as status_mod
-from model_pull.compat import Runtime
+from model_pull.datamodel import DEBUG_ENV, Layout, Runtime, files_total, resolve_root
 from model_pull.errors import ExitCode, ModelPullError
-from model_pull.layouts import Layout
-from model_pull.manifest import Manifest
-from model_pull.store import StateRoot, default_root
+from model_pull.manifest import Manifest, state_root
+from model_pull.store import StateRoot
 
 logger = logging.getLogger("model_pull")
 
 
+ROOT_HELP = ("State root (default: $MODEL_PULL_ROOT, else the root in the NixOS manifest, "
+             "else /var/lib/inference).")
+
+
 def _root_option(f: Any) -> Any:
-    return click.option(
-        "--root", type=click.Path(path_type=Path), default=None,
-        help="State root (default: $MODEL_PULL_ROOT or /var/lib/inference).",
-    )(f)
+    return click.option("--root", type=click.Path(path_type=Path), default=None,
+                        help=ROOT_HELP)(f)
 
 
 def _json_option(f: Any) -> Any:
@@ -37,7 +38,7 @@ def _json_option(f: Any) -> Any:
 
 
 def _state(root: Path | None) -> StateRoot:
-    return StateRoot(root or default_root())
+    return StateRoot(state_root(root))
 
 
 def _emit(data: dict[str, Any]) -> None:
@@ -96,7 +97,7 @@ def _report(installed: Any, as_json: bool, store_path: str | None) -> None:
     if as_json:
         _emit(data)
         return
-    size = sum(f["size"] for f in installed.files)
+    size = files_total(installed.files)
     state = "installed" if installed.changed else "up to date"
     click.echo(f"{installed.name}: {state}")
     click.echo(f"  entry     {installed.entry.path}")
@@ -131,7 +132,7 @@ def cli(ctx: click.Context, verbose: bool, no_restart: bool, no_wait: bool) -> N
     units that were waiting for them.
     """
     logging.basicConfig(
-        level=logging.DEBUG if os.environ.get("MODEL_PULL_DEBUG") else
+        level=logging.DEBUG if os.environ.get(DEBUG_ENV) else
         logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s: %(message)s",
     )
@@ -289,18 +290,20 @@ def verify(names: tuple[str, ...], root: Path | None, as_json: bool) -> None:
 def list_cmd(root: Path | None, as_json: bool) -> None:
     """Installed models and their current entries."""
     state = _state(root)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in state.names():
         entry = state.current(name)
-        rec = state.last_record(name) or {}
-        manifest = entry.manifest() if entry else {}
+        try:
+            manifest = entry.manifest() if entry else None
+        except (OSError, ValueError):
+            manifest = None
         rows.append({
             "name": name, "path": str(entry.path) if entry else None,
-            "repo": manifest.get("repo"), "revision": manifest.get("revision"),
-            "layout": manifest.get("layout"),
-            "narHash": rec.get("narHash") if entry and rec.get("entry") == entry.basename
-            else None,
-            "size": sum(f.get("size", 0) for f in manifest.get("files", [])),
+            "repo": manifest.spec.repo if manifest else None,
+            "revision": manifest.spec.revision if manifest else None,
+            "layout": str(manifest.spec.layout) if manifest else None,
+            "narHash": state.nar_hash_of(entry) if entry else None,
+            "size": files_total(manifest.files) if manifest else 0,
             "previous": state.history(name)[-1:] or None,
         })
     if as_json:
@@ -374,19 +377,18 @@ def demo(root: Path) -> None:
 @click.option("--kv-cache-dtype", metavar="T", help="KV cache type: fp8, q8_0, q4_0, f16 ...")
 @click.option("--strict", is_flag=True, help="Fail (exit 30) unless the verdict is native.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--root", metavar="DIR", help="State root (default $MODEL_PULL_ROOT or "
-              "/var/lib/inference).")
+@_root_option
 def check_cmd(target: str, revision: str | None, runtime: str | None, gpus: tuple[str, ...],
               package_sm: str | None, no_forward_compat: bool, context: int | None,
               parallel: int | None, kv_cache_dtype: str | None, strict: bool, as_json: bool,
-              root: str | None) -> None:
+              root: Path | None) -> None:
     """Will this model run on this GPU, with this runtime build, in this much memory?
 
     Reads metadata only (config.json, hf_quant_config.json, GGUF headers), never weights.
     Exit: 0 ok, 30 emulated (--strict), 31 unsupported, 32 does not fit, 33 no GPU information.
     """
     rt = Runtime(runtime) if runtime else None
-    meta = check.load_target(target, root=check.state_root(root), revision=revision)
+    meta = check.load_target(target, root=state_root(root), revision=revision)
     arches = check.parse_package_sms(package_sm) if package_sm else ()
     if not arches and "/" not in target:
         unit = check.unit_facts_from_manifest(target, rt)
@@ -407,8 +409,7 @@ def check_cmd(target: str, revision: str | None, runtime: str | None, gpus: tupl
 
 
 @cli.command()
-@click.option("--root", type=click.Path(path_type=Path), envvar="MODEL_PULL_ROOT",
-              help="State root (default: the manifest's root, /var/lib/inference).")
+@_root_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(root: Path | None, as_json: bool) -> None:
     """Show each declared model, its entry, its units and the GPU memory they hold.
@@ -417,7 +418,7 @@ def status(root: Path | None, as_json: bool) -> None:
     when systemd cannot be asked (no system bus, or not root), after printing the rest.
     """
     manifest = Manifest.load()
-    report = status_mod.collect(manifest, root or manifest.root)
+    report = status_mod.collect(manifest, resolve_root(root, lambda: manifest.root))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:

@@ -18,18 +18,11 @@ import enum
 import logging
 from dataclasses import dataclass
 
+from model_pull.datamodel import Runtime
 from model_pull.gpu import Sm
 from model_pull.quant import Method, Scheme
 
 logger = logging.getLogger(__name__)
-
-
-class Runtime(enum.Enum):
-    LLAMA_SERVER = "llama-server"
-    VLLM = "vllm"
-    SGLANG = "sglang"
-    TRITON = "triton"  # Triton Inference Server with the vLLM backend: vLLM's kernels
-    TRTLLM = "trtllm"
 
 
 class Support(enum.IntEnum):

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model_pull import hub, pull
+from model_pull.datamodel import Layout
 from model_pull.devhub import DevHub
-from model_pull.layouts import Layout
 from model_pull.progress import Progress
 from model_pull.store import StateRoot
 from model_pull.tinymodels import tiny_llama_files

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from model_pull.compat import Runtime
+from model_pull.datamodel import Runtime
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.ggufmeta import GgufInfo
 

@@ -11,21 +11,16 @@ from __future__ import annotations
 import enum
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from model_pull.compat import Runtime
+from model_pull.datamodel import DEFAULT_ROOT, Layout, Runtime, manifest_path, resolve_root
 from model_pull.errors import ExitCode, ModelPullError
-from model_pull.layouts import Layout
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PATH = Path("/etc/inference/models.json")
-DEFAULT_ROOT = Path("/var/lib/inference")
-MANIFEST_ENV = "MODEL_PULL_MANIFEST"
 VERSION = 1
 _E = TypeVar("_E", bound=enum.Enum)
 _HINT = (
@@ -66,12 +61,9 @@ class Manifest:
     units: dict[str, DeclaredUnit]
 
     @classmethod
-    def default_path(cls) -> Path:
-        return Path(os.environ.get(MANIFEST_ENV) or DEFAULT_PATH)
-
-    @classmethod
     def load(cls, path: Path | None = None) -> Manifest:
-        path = path or cls.default_path()
+        """The manifest at `path`, else $MODEL_PULL_MANIFEST, else /etc/inference/models.json."""
+        path = path or manifest_path()
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
@@ -87,6 +79,34 @@ class Manifest:
             raise ModelPullError(ExitCode.BAD_MANIFEST, f"manifest {path} is not JSON: {exc}",
                                  hint=_HINT) from exc
         return _Reader(path).manifest(data)
+
+    @classmethod
+    def load_optional(cls) -> Manifest | None:
+        """The manifest when there is one (a NixOS machine with services.inference), else None.
+        A manifest that exists but cannot be read is an error, not None."""
+        path = manifest_path()
+        if not path.exists() and not path.is_symlink():
+            return None
+        return cls.load(path)
+
+    def unit_serving(self, name: str, runtime: Runtime | None = None) -> DeclaredUnit | None:
+        """The first unit (by name) that serves model `name`, with `runtime` when given."""
+        for unit in sorted(self.units):
+            declared = self.units[unit]
+            if name in declared.models and runtime in (None, declared.runtime):
+                return declared
+        return None
+
+
+def state_root(option: Path | None = None) -> Path:
+    """The state root of every command (datamodel.resolve_root): --root, then $MODEL_PULL_ROOT,
+    then the manifest's root, then /var/lib/inference."""
+
+    def declared() -> Path | None:
+        manifest = Manifest.load_optional()
+        return manifest.root if manifest else None
+
+    return resolve_root(option, declared)
 
 
 class _Reader:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from model_pull import hub, layouts
+from model_pull.datamodel import ENTRY_FORMAT, EntrySpec, FileRecord, Layout
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.hashing import (
     Hasher,
@@ -33,9 +34,9 @@ from model_pull.hashing import (
     sha256_file,
     valid_store_name,
 )
-from model_pull.layouts import Layout, Placed, Spec
+from model_pull.layouts import Placed
 from model_pull.progress import Progress
-from model_pull.store import Entry, StateRoot, os_errors, remove_tree, sanitize_sri
+from model_pull.store import Entry, StateRoot, os_errors, remove_tree
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,11 @@ class Options:
     patch_tokenizer: bool = False
     expect_nar: str | None = None  # a pinned narHash (SRI): anything else is refused
 
+    def spec(self, repo: str, revision: str) -> EntrySpec:
+        """The entry these options make of `repo` at `revision` (a commit)."""
+        return EntrySpec(repo, revision, self.layout, self.include, self.exclude,
+                         self.triton_name, self.engine_defaults, self.patch_tokenizer)
+
     def model_name(self, repo: str) -> str:
         name = self.name or repo.split("/")[-1]
         if not valid_store_name(name):
@@ -72,7 +78,7 @@ class Installed:
     layout: Layout
     entry: Entry
     nar_hash: str
-    files: list[dict[str, Any]]
+    files: Sequence[FileRecord]
     previous: Entry | None
     changed: bool
 
@@ -80,7 +86,7 @@ class Installed:
         return {
             "name": self.name, "repo": self.repo, "revision": self.revision,
             "layout": str(self.layout), "path": str(self.entry.path), "narHash": self.nar_hash,
-            "storeName": self.entry.basename, "files": self.files, "changed": self.changed,
+            "storeName": self.entry.basename, "files": list(self.files), "changed": self.changed,
             "previous": str(self.previous.path) if self.previous else None,
         }
 
@@ -125,10 +131,10 @@ class _Expect:
 
 
 def _verify_and_hash(
-    staging: Path, spec: Spec, placed: Sequence[Placed], expected: dict[str, _Expect],
+    staging: Path, spec: EntrySpec, placed: Sequence[Placed], expected: dict[str, _Expect],
     progress: Progress,
 ) -> NarResult:
-    by_entry_path = {layouts.entry_file_paths(spec, p.path): p.path for p in placed}
+    by_entry_path = {spec.file_path(p.path): p.path for p in placed}
 
     def on_file(rel: str, size: int) -> list[Hasher]:
         repo_path = by_entry_path.get(rel)
@@ -159,9 +165,9 @@ def _mismatch(path: str, kind: str, want: str, got: str) -> ModelPullError:
 
 
 def _finish(
-    root: StateRoot, staging: Path, spec: Spec, placed: Sequence[Placed],
-    expected: dict[str, _Expect], records: list[dict[str, Any]], options: Options,
-    progress: Progress, extra_record: dict[str, Any],
+    root: StateRoot, staging: Path, name: str, spec: EntrySpec, placed: Sequence[Placed],
+    expected: dict[str, _Expect], options: Options, progress: Progress,
+    extra_record: dict[str, Any],
 ) -> Installed:
     t0 = time.monotonic()
     nar = _verify_and_hash(staging, spec, placed, expected, progress)
@@ -169,47 +175,38 @@ def _finish(
     if options.expect_nar and nar.sri != options.expect_nar:
         raise ModelPullError(
             ExitCode.PIN_MISMATCH,
-            f"{spec.name}: content hash {nar.sri} differs from the pinned narHash "
-            f"{options.expect_nar}",
+            f"content hash {nar.sri} differs from the pinned narHash {options.expect_nar}",
             hint="the revision or file selection changed; update narHash if this is intended",
         )
-    entry = root.install(staging, spec.name, nar)
-    previous = root.switch(spec.name, entry)
+    entry = root.install(staging, name, nar)
+    previous = root.switch(name, entry)
     root.link_by_hash(nar.sri, entry)
-    root.record({"name": spec.name, "repo": spec.repo, "revision": spec.revision,
+    root.record({"name": name, "repo": spec.repo, "revision": spec.revision,
                  "narHash": nar.sri, "entry": entry.basename, **extra_record})
     changed = previous is None or previous.basename != entry.basename
-    return Installed(spec.name, spec.repo, spec.revision, spec.layout, entry, nar.sri, records,
-                     previous, changed)
+    return Installed(name, spec.repo, spec.revision, spec.layout, entry, nar.sri,
+                     entry.manifest().files, previous, changed)
 
 
-def up_to_date(root: StateRoot, name: str, repo: str, revision: str,
+def up_to_date(root: StateRoot, name: str, spec: EntrySpec,
                options: Options) -> Installed | None:
-    """The current entry when it is exactly what was asked for (no network needed)."""
+    """The current entry when it is exactly `spec`, in this entry format (no network needed)."""
     entry = root.current(name)
-    if entry is None or not hub.COMMIT_RE.match(revision):
+    if entry is None or not hub.COMMIT_RE.match(spec.revision):
         return None
     try:
-        m = entry.manifest()
+        manifest = entry.manifest()
     except (OSError, ValueError):
         return None
-    wanted = {
-        "repo": repo, "revision": revision, "layout": str(options.layout),
-        "engineDefaults": options.engine_defaults, "patchTokenizer": options.patch_tokenizer,
-        "include": list(options.include), "exclude": list(options.exclude),
-    }
-    if any(m.get(k) != v for k, v in wanted.items()):
+    if manifest.spec != spec or manifest.format != ENTRY_FORMAT:
         return None
-    if options.triton_name and m.get("tritonName") != options.triton_name:
-        return None
-    rec = root.last_record(name)
-    nar = rec.get("narHash") if rec and rec.get("entry") == entry.basename else None
-    if not isinstance(nar, str):
+    nar = root.nar_hash_of(entry)
+    if nar is None:
         return None
     if options.expect_nar and (nar != options.expect_nar
-                               or not (root.by_hash / sanitize_sri(nar)).exists()):
+                               or not root.pin_link(nar).exists()):
         return None
-    return Installed(name, repo, revision, options.layout, entry, nar, m.get("files", []),
+    return Installed(name, spec.repo, spec.revision, spec.layout, entry, nar, manifest.files,
                      entry, changed=False)
 
 
@@ -223,12 +220,13 @@ def fetch(
 ) -> Installed:
     name = options.model_name(repo)
     if hub.COMMIT_RE.match(revision):
-        done = up_to_date(root, name, repo, revision, options)
+        done = up_to_date(root, name, options.spec(repo, revision), options)
         if done is not None:
             return done
     commit = hub.resolve_revision(repo, revision, remote)
+    spec = options.spec(repo, commit)
     # The commit and the options decide the entry: a branch that did not move costs one request.
-    done = up_to_date(root, name, repo, commit, options)
+    done = up_to_date(root, name, spec, options)
     if done is not None:
         return done
     listing = hub.list_files(repo, commit, remote)
@@ -237,11 +235,9 @@ def fetch(
     if preflight is not None:
         preflight(commit, chosen)
     with root.lock(wait=wait), os_errors("download and install", root.path):
-        done = up_to_date(root, name, repo, commit, options)
+        done = up_to_date(root, name, spec, options)
         if done is not None:
             return done
-        spec = Spec(name, repo, commit, options.layout, options.triton_name,
-                    options.engine_defaults, options.patch_tokenizer)
         _ensure_space(root, sum(f.size for f in chosen))
         progress.start(len(chosen), sum(f.size for f in chosen))
         t0 = time.monotonic()
@@ -267,10 +263,9 @@ def fetch(
                 placed.append(Placed(f.path, blob, f.size, sha256))
         staging = root.new_staging(name)
         try:
-            records = layouts.build(staging, spec, placed, link=True,
-                                    include=options.include, exclude=options.exclude)
-            installed = _finish(root, staging, spec, placed, expected, records, options,
-                                progress, {"source": "hub"})
+            layouts.build(staging, spec, placed, link=True)
+            installed = _finish(root, staging, name, spec, placed, expected, options, progress,
+                                {"source": "hub"})
         except ModelPullError as exc:
             remove_tree(staging)
             if exc.code is ExitCode.HASH_MISMATCH:
@@ -407,8 +402,7 @@ def package(
     listing = [hub.RemoteFile(p, f.stat().st_size, "", None) for p, f in source.files.items()]
     chosen = {f.path for f in select(listing, options)}
     name = options.model_name(source.repo)
-    spec = Spec(name, source.repo, source.revision, options.layout, options.triton_name,
-                options.engine_defaults, options.patch_tokenizer)
+    spec = options.spec(source.repo, source.revision)
     with root.lock(wait=wait), os_errors("package", root.path):
         placed = []
         expected = {k: v for k, v in source.expected.items() if k in chosen}
@@ -431,9 +425,8 @@ def package(
         progress.start(0, sum(p.size for p in placed))
         staging = root.new_staging(name)
         try:
-            records = layouts.build(staging, spec, placed, link=False,
-                                    include=options.include, exclude=options.exclude)
-            return _finish(root, staging, spec, placed, expected, records, options, progress,
+            layouts.build(staging, spec, placed, link=False)
+            return _finish(root, staging, name, spec, placed, expected, options, progress,
                            {"source": str(src)})
         except BaseException:
             remove_tree(staging)

@@ -8,10 +8,9 @@ sees which units hold how much GPU memory, i.e. what `systemctl stop UNIT` would
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,10 @@ from typing import Any
 from model_pull import systemd
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.manifest import DeclaredModel, Manifest
+from model_pull.store import StateRoot
 
 logger = logging.getLogger(__name__)
 
-ENTRY_MANIFEST = Path("share/model-pull/manifest.json")
-PULLS_LOG = Path("state/pulls.jsonl")
 _FULL_REVISION = re.compile(r"[0-9a-f]{40}")
 
 GpuMemory = Callable[[], Mapping[int, int]]
@@ -122,7 +120,7 @@ def collect(manifest: Manifest, root: Path, *, gpu_memory: GpuMemory | None = No
                 raise
             bus_error = exc
     memory, gpu_error = _gpu_memory(gpu_memory or _nvml_process_memory)
-    pulls = _read_pulls(root / PULLS_LOG)
+    state = StateRoot(root)
     models = []
     for model in manifest.models.values():
         units = tuple(
@@ -133,15 +131,8 @@ def collect(manifest: Manifest, root: Path, *, gpu_memory: GpuMemory | None = No
             )
             for u in model.units
         )
-        models.append(_model_report(model, root, pulls, units))
+        models.append(_model_report(model, state, units))
     return Report(manifest.path, root, tuple(models), bus_error, gpu_error)
-
-
-def gate_path(root: Path, model: DeclaredModel) -> Path:
-    """The path the units' conditions look under (docs/ARCHITECTURE.md, `M`)."""
-    if model.nar_hash:
-        return root / "by-hash" / model.nar_hash.replace("/", "_").replace("+", "-")
-    return root / "models" / model.name
 
 
 def render(report: Report) -> str:
@@ -174,58 +165,29 @@ def render(report: Report) -> str:
 # ---------------------------------------------------------------------------- internals
 
 
-def _model_report(model: DeclaredModel, root: Path, pulls: Sequence[Mapping[str, Any]],
+def _model_report(model: DeclaredModel, state: StateRoot,
                   units: tuple[UnitReport, ...]) -> ModelReport:
-    gate = gate_path(root, model)
-    entry = gate.resolve() if gate.is_dir() else None
+    gate = state.gate(model.name, model.nar_hash)
+    entry = state.entry_at(gate)
     installed_revision = None
     record: Mapping[str, Any] = {}
     if entry is not None:
-        installed_revision = _entry_revision(entry)
-        # the newest install of this very entry (a rollback points back at an older one)
-        for line in reversed(pulls):
-            if line.get("name") == model.name and Path(str(line.get("entry", ""))).name \
-                    == entry.name:
-                record = line
-                break
+        try:
+            installed_revision = entry.manifest().spec.revision
+        except (OSError, ValueError):
+            logger.warning("%s has no readable entry manifest", entry.path)
+        record = state.record_of(entry) or {}
     return ModelReport(
         name=model.name,
         repo=model.repo,
         revision=model.revision,
         gate=gate,
-        entry=entry,
+        entry=entry.path if entry else None,
         installed_revision=installed_revision,
         nar_hash=_opt_str(record.get("narHash")),
         pulled_at=_opt_str(record.get("time")),
         units=units,
     )
-
-
-def _entry_revision(entry: Path) -> str | None:
-    try:
-        data = json.loads((entry / ENTRY_MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        logger.warning("%s has no readable %s", entry, ENTRY_MANIFEST)
-        return None
-    return _opt_str(data.get("revision")) if isinstance(data, dict) else None
-
-
-def _read_pulls(path: Path) -> list[dict[str, Any]]:
-    """state/pulls.jsonl, one JSON object a line; unreadable lines are skipped."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return []
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            logger.debug("%s:%d is not JSON, skipped", path, number)
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def _opt_str(value: Any) -> str | None:

@@ -24,23 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from model_pull.datamodel import EntryManifest, RootPaths
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.hashing import NarResult, store_basename
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_ROOT = Path("/var/lib/inference")
-ENTRY_MANIFEST = Path("share/model-pull/manifest.json")
-
-
-def sanitize_sri(nar_sri: str) -> str:
-    """The file name `by-hash/` uses for a narHash (SRI base64 has '/' and '+')."""
-    return nar_sri.replace("/", "_").replace("+", "-")
-
-
-def default_root() -> Path:
-    env = os.environ.get("MODEL_PULL_ROOT")
-    return Path(env) if env else DEFAULT_ROOT
 
 
 @contextlib.contextmanager
@@ -74,9 +62,9 @@ class Entry:
     def name(self) -> str:
         return self.path.name.split("-", 1)[1]
 
-    def manifest(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.path / ENTRY_MANIFEST).read_text())
-        return data
+    def manifest(self) -> EntryManifest:
+        """Its share/model-pull/manifest.json; OSError or ValueError when unreadable."""
+        return EntryManifest.read(self.path)
 
 
 def make_readonly(path: Path) -> None:
@@ -110,17 +98,8 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path)
 
 
-class StateRoot:
-    """The directories under one root (see docs/ARCHITECTURE.md)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.store = path / "store"
-        self.models = path / "models"
-        self.by_hash = path / "by-hash"
-        self.cache = path / "cache"
-        self.staging = path / "staging"
-        self.state = path / "state"
+class StateRoot(RootPaths):
+    """What model-pull does under one root (the paths: datamodel.RootPaths)."""
 
     def ensure(self) -> StateRoot:
         with os_errors("create the state directories", self.path):
@@ -138,7 +117,7 @@ class StateRoot:
     def lock(self, *, wait: bool = True) -> Iterator[None]:
         """One pull per root. A second one waits (and says so), or fails with --no-wait."""
         self.ensure()
-        lock_path = self.path / "pull.lock"
+        lock_path = self.lock_file
         with os_errors("take the pull lock", self.path):
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -189,45 +168,62 @@ class StateRoot:
         """Point models/<name> at entry atomically; returns the entry it pointed at before."""
         previous = self.current(name)
         with os_errors("switch the model link", self.path):
-            _replace_symlink(self.models / name, Path("..") / "store" / entry.basename)
+            _replace_symlink(self.model_link(name), Path("..") / "store" / entry.basename)
             if previous is not None and previous.basename != entry.basename:
-                hist = self.state / "history"
-                hist.mkdir(exist_ok=True)
-                with (hist / name).open("a") as f:
+                self.history_dir.mkdir(exist_ok=True)
+                with (self.history_dir / name).open("a") as f:
                     f.write(previous.basename + "\n")
         return previous
 
     def link_by_hash(self, nar_sri: str, entry: Entry) -> Path:
-        link = self.by_hash / sanitize_sri(nar_sri)
+        link = self.pin_link(nar_sri)
         with os_errors("link the pinned entry", self.path):
             _replace_symlink(link, Path("..") / "store" / entry.basename)
         return link
 
     def record(self, event: dict[str, Any]) -> None:
-        with os_errors("record the pull", self.path), (self.state / "pulls.jsonl").open("a") as f:
+        with os_errors("record the pull", self.path), self.pulls_log.open("a") as f:
             f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **event},
                                sort_keys=True) + "\n")
 
-    def last_record(self, name: str) -> dict[str, Any] | None:
-        log = self.state / "pulls.jsonl"
-        if not log.exists():
-            return None
-        found: dict[str, Any] | None = None
-        for line in log.read_text().splitlines():
+    def records(self) -> list[dict[str, Any]]:
+        """state/pulls.jsonl, oldest first; lines that are not JSON objects are skipped."""
+        try:
+            text = self.pulls_log.read_text(encoding="utf-8")
+        except OSError:
+            return []
+        out: list[dict[str, Any]] = []
+        for line in text.splitlines():
             with contextlib.suppress(ValueError):
                 rec = json.loads(line)
-                if rec.get("name") == name:
-                    found = rec
-        return found
+                if isinstance(rec, dict):
+                    out.append(rec)
+        return out
+
+    def record_of(self, entry: Entry) -> dict[str, Any] | None:
+        """The newest pulls.jsonl line that installed this very entry (a rollback points back at
+        an older entry: its line is older than the newest line of the model)."""
+        found = [r for r in self.records() if Path(str(r.get("entry", ""))).name == entry.basename]
+        return found[-1] if found else None
+
+    def nar_hash_of(self, entry: Entry) -> str | None:
+        rec = self.record_of(entry)
+        nar = rec.get("narHash") if rec else None
+        return nar if isinstance(nar, str) else None
 
     # --- reading --------------------------------------------------------------------------
 
     def current(self, name: str) -> Entry | None:
-        link = self.models / name
+        """The entry models/<name> points at."""
+        return self.entry_at(self.model_link(name))
+
+    def entry_at(self, link: Path) -> Entry | None:
+        """The store entry a link under the root points at (None: no link, or dangling)."""
         if not link.is_symlink():
             return None
-        target = (self.models / os.readlink(link)).resolve()
-        return Entry(target) if target.is_dir() else None
+        target = (link.parent / os.readlink(link)).resolve()
+        return Entry(target) if target.is_dir() and target.parent == self.store.resolve() \
+            else None
 
     def names(self) -> list[str]:
         if not self.models.is_dir():
@@ -241,7 +237,7 @@ class StateRoot:
                       key=lambda e: e.basename)
 
     def history(self, name: str) -> list[str]:
-        hist = self.state / "history" / name
+        hist = self.history_dir / name
         return hist.read_text().split() if hist.exists() else []
 
     # --- rollback and gc ------------------------------------------------------------------
@@ -259,9 +255,9 @@ class StateRoot:
                                  hint="gc may have removed it")
         target = Entry(self.store / history[-1])
         with os_errors("switch the model link", self.path):
-            _replace_symlink(self.models / name, Path("..") / "store" / target.basename)
+            _replace_symlink(self.model_link(name), Path("..") / "store" / target.basename)
             # The rolled-back-from entry stays in store/ until gc; history drops its last line.
-            (self.state / "history" / name).write_text("".join(b + "\n" for b in history[:-1]))
+            (self.history_dir / name).write_text("".join(b + "\n" for b in history[:-1]))
         return current, target
 
     def live(self, keep: int) -> set[str]:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_pull import hub, pull
+from model_pull.datamodel import resolve_root
 from model_pull.errors import ModelPullError
-from model_pull.layouts import Layout
 from model_pull.manifest import DeclaredModel, Manifest
 from model_pull.progress import Progress
 from model_pull.store import StateRoot
@@ -43,7 +43,7 @@ class SyncResult:
 
 def options_for(model: DeclaredModel) -> pull.Options:
     return pull.Options(
-        layout=Layout(str(model.layout)), name=model.name, include=model.include,
+        layout=model.layout, name=model.name, include=model.include,
         exclude=model.exclude, triton_name=model.triton_name,
         engine_defaults=dict(model.engine_defaults), patch_tokenizer=model.patch_tokenizer,
         expect_nar=model.nar_hash,
@@ -54,7 +54,7 @@ def sync(
     manifest: Manifest, *, root: Path | None = None, restart: bool = True,
     progress: Progress, wait: bool = True, say: Callable[[str], None] = logger.info,
 ) -> SyncResult:
-    state = StateRoot(root or manifest.root)
+    state = StateRoot(resolve_root(root, lambda: manifest.root))
     remote = hub.Remote(endpoint=manifest.endpoint, token=hub.read_token(manifest.token_file))
     result = SyncResult()
     for name, model in sorted(manifest.models.items()):

@@ -12,7 +12,6 @@ from typing import Any
 
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.hashing import Hasher, nar_hash, store_basename
-from model_pull.layouts import Layout, Spec, entry_file_paths
 from model_pull.store import Entry, StateRoot
 
 
@@ -33,10 +32,7 @@ def verify_entry(name: str, entry: Entry) -> Verified:
         m = entry.manifest()
     except (OSError, ValueError) as exc:
         return Verified(name, str(entry.path), False, [f"unreadable entry manifest: {exc}"])
-    spec = Spec(m.get("name", name), m["repo"], m["revision"], Layout(m["layout"]),
-                m.get("tritonName"))
-    expected = {entry_file_paths(spec, f["path"]): f for f in m.get("files", [])
-                if f.get("sha256") and not f.get("patched")}
+    expected = {m.spec.file_path(f["path"]): f for f in m.files if "patched" not in f}
     seen: dict[str, hashlib._Hash] = {}
 
     def on_file(rel: str, size: int) -> list[Hasher]:
