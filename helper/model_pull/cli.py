@@ -37,8 +37,16 @@ def _json_option(f: Any) -> Any:
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(f)
 
 
+def _root(option: Path | None) -> Path:
+    """The command's --root, else the one given before the command (`model-pull --root X
+    list`), else $MODEL_PULL_ROOT, the manifest's root, /var/lib/inference."""
+    ctx = click.get_current_context(silent=True)
+    before = ctx.find_root().params.get("root") if ctx is not None else None
+    return state_root(option or before)
+
+
 def _state(root: Path | None) -> StateRoot:
-    return StateRoot(state_root(root))
+    return StateRoot(_root(root))
 
 
 def _emit(data: dict[str, Any]) -> None:
@@ -123,8 +131,10 @@ def _nix_import(installed: Any, root: Any, mode: str, uri: str | None) -> str | 
               help="With no command: do not restart the units waiting for new entries.")
 @click.option("--no-wait", is_flag=True,
               help="With no command: fail instead of waiting for another pull.")
+@_root_option
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool, no_restart: bool, no_wait: bool) -> None:
+def cli(ctx: click.Context, verbose: bool, no_restart: bool, no_wait: bool,
+        root: Path | None) -> None:
     """Fetch, verify and package Hugging Face weights into immutable entries.
 
     With no command (as root): pull every model the NixOS manifest declares
@@ -137,15 +147,15 @@ def cli(ctx: click.Context, verbose: bool, no_restart: bool, no_wait: bool) -> N
         format="%(levelname)s: %(message)s",
     )
     if ctx.invoked_subcommand is None:
-        _sync(restart=not no_restart, wait=not no_wait)
+        _sync(restart=not no_restart, wait=not no_wait, root=root)
 
 
-def _sync(*, restart: bool, wait: bool) -> None:
+def _sync(*, restart: bool, wait: bool, root: Path | None) -> None:
     from model_pull import sync
     from model_pull.progress import Progress
 
     manifest = Manifest.load()
-    result = sync.sync(manifest, restart=restart, progress=Progress(True), wait=wait,
+    result = sync.sync(manifest, root=root, restart=restart, progress=Progress(True), wait=wait,
                        say=lambda line: click.echo(line, err=line.startswith("warning")))
     for outcome in result.restarted:
         click.echo(f"  {outcome.describe()}")
@@ -268,7 +278,10 @@ def verify(names: tuple[str, ...], root: Path | None, as_json: bool) -> None:
     """Re-hash installed entries: every byte must still match its content address."""
     from model_pull.verify import verify_entries
 
-    results = verify_entries(_state(root), list(names))
+    state = _state(root)
+    results = verify_entries(state, list(names))
+    if not results:
+        click.echo(f"no models in {state.path}: nothing to verify", err=True)
     if as_json:
         _emit({"entries": [r.to_json() for r in results]})
     else:
@@ -388,7 +401,7 @@ def check_cmd(target: str, revision: str | None, runtime: str | None, gpus: tupl
     Exit: 0 ok, 30 emulated (--strict), 31 unsupported, 32 does not fit, 33 no GPU information.
     """
     rt = Runtime(runtime) if runtime else None
-    meta = check.load_target(target, root=state_root(root), revision=revision)
+    meta = check.load_target(target, root=_root(root), revision=revision)
     arches = check.parse_package_sms(package_sm) if package_sm else ()
     if not arches and "/" not in target:
         unit = check.unit_facts_from_manifest(target, rt)
@@ -418,7 +431,9 @@ def status(root: Path | None, as_json: bool) -> None:
     when systemd cannot be asked (no system bus, or not root), after printing the rest.
     """
     manifest = Manifest.load()
-    report = status_mod.collect(manifest, resolve_root(root, lambda: manifest.root))
+    ctx = click.get_current_context()
+    option = root or ctx.find_root().params.get("root")
+    report = status_mod.collect(manifest, resolve_root(option, lambda: manifest.root))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
