@@ -12,18 +12,25 @@ Fixtures (keep this file generic; feature-specific fixtures live in their own te
 - ``new_repo`` (function): ``new_repo(files, **add_repo_kwargs) -> HubRepo`` under a fresh,
   unique repo id, for tests that inject faults or move branches.
 - ``hf_cache`` (function): an empty ``HF_HUB_CACHE`` directory for one test.
+- ``model_pull`` (function): :class:`ModelPull`, the real command line in a subprocess with an
+  environment of its own (no NixOS manifest, no system bus, a private HF_HOME), talking to the
+  loopback Hub.
 """
 
 from __future__ import annotations
 
 import atexit
 import itertools
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,3 +194,50 @@ def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     cache.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     yield cache
+
+
+@dataclass
+class ModelPull:
+    """`python -m model_pull ARGS` as a user runs it: `run` returns the process, `ok` asserts
+    exit 0, `json` adds --json and parses stdout, `error` asserts one `error:` line on stderr
+    and the exit code, and returns that line."""
+
+    env: dict[str, str]
+
+    def run(self, *args: str, env: Mapping[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "model_pull", *args],
+                              env={**self.env, **(env or {})}, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+
+    def ok(self, *args: str,
+           env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        p = self.run(*args, env=env)
+        assert p.returncode == 0, f"model-pull {' '.join(args)} -> {p.returncode}\n{p.stderr}"
+        return p
+
+    def json(self, *args: str, env: Mapping[str, str] | None = None) -> Any:
+        return json.loads(self.ok(*args, "--json", env=env).stdout)
+
+    def error(self, code: int, *args: str, env: Mapping[str, str] | None = None) -> str:
+        p = self.run(*args, env=env)
+        assert p.returncode == code, f"exit {p.returncode}, expected {code}\n{p.stderr}"
+        lines = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1, p.stderr
+        return lines[0]
+
+
+@pytest.fixture
+def model_pull(devhub: DevHubServer, tmp_path: Path) -> ModelPull:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MODEL_PULL"))}
+    env.update(
+        HF_ENDPOINT=devhub.url,
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        HF_HOME=str(tmp_path / "hf-home"),
+        MODEL_PULL_MANIFEST=str(tmp_path / "no-manifest.json"),  # never the machine's own
+        DBUS_SYSTEM_BUS_ADDRESS=f"unix:path={tmp_path}/no-system-bus",
+        NIX_STATE_DIR=str(tmp_path / "nix-state"),
+        NIX_CONFIG="experimental-features = nix-command",
+    )
+    return ModelPull(env)

@@ -19,7 +19,7 @@ from model_pull import status as status_mod
 from model_pull.datamodel import DEBUG_ENV, Layout, Runtime, files_total, resolve_root
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.manifest import Manifest, state_root
-from model_pull.store import StateRoot
+from model_pull.store import Entry, StateRoot
 
 logger = logging.getLogger("model_pull")
 
@@ -328,12 +328,17 @@ def list_cmd(root: Path | None, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--keep", default=0, show_default=True,
-              help="Also keep the last N previous entries of each model (for rollback).")
+@click.option("--keep", type=click.IntRange(min=0), default=None, metavar="N",
+              help="First forget all but the last N previous entries of each model "
+                   "(default: keep the whole history).")
 @_root_option
 @_json_option
-def gc(keep: int, root: Path | None, as_json: bool) -> None:
-    """Remove entries no model points at, and download debris."""
+def gc(keep: int | None, root: Path | None, as_json: bool) -> None:
+    """Remove the entries nothing reaches, and download debris.
+
+    Kept: what models/ links, pins (by-hash/) and each model's history point at. An entry a
+    pin reaches stays until that by-hash/ link is removed.
+    """
     state = _state(root)
     with state.lock(wait=True):
         removed = state.gc(keep)
@@ -349,14 +354,38 @@ def gc(keep: int, root: Path | None, as_json: bool) -> None:
 @_root_option
 @_json_option
 def rollback(name: str, root: Path | None, as_json: bool) -> None:
-    """Point models/NAME back at its previous entry."""
+    """Point models/NAME back at its previous entry.
+
+    A model the NixOS manifest pins (narHash) is served from its pin, not from models/NAME:
+    rolling it back means changing the pin, which this says how to do.
+    """
     state = _state(root)
+    refuse_if_pinned(state, name)
     with state.lock(wait=True):
         before, after = state.rollback(name)
     if as_json:
         _emit({"name": name, "from": str(before.path), "to": str(after.path)})
     else:
         click.echo(f"{name}: {before.basename} -> {after.basename}")
+
+
+def refuse_if_pinned(state: StateRoot, name: str) -> None:
+    """PINNED when the manifest declares a narHash for `name`, naming the pin to set instead."""
+    manifest = Manifest.load_optional()
+    declared = manifest.models.get(name) if manifest else None
+    if declared is None or declared.nar_hash is None:
+        return
+    previous = [b for b in state.history(name) if (state.store / b).is_dir()]
+    nar = state.nar_hash_of(Entry(state.store / previous[-1])) if previous else None
+    how = (f'set services.inference.models.{name}.narHash = "{nar}" (its previous entry)'
+           if nar else f"set services.inference.models.{name}.narHash to the entry you want "
+           "(model-pull list --json shows each entry's narHash)")
+    raise ModelPullError(
+        ExitCode.PINNED,
+        f"{name} is pinned to narHash {declared.nar_hash}: its units serve that entry "
+        f"(by-hash/), whatever models/{name} points at",
+        hint=f"{how}, then nixos-rebuild switch",
+    )
 
 
 @cli.command()

@@ -173,19 +173,27 @@ def _finish(
     nar = _verify_and_hash(staging, spec, placed, expected, progress)
     logger.info("verified and hashed %d bytes in %.2f s", nar.size, time.monotonic() - t0)
     if options.expect_nar and nar.sri != options.expect_nar:
-        raise ModelPullError(
-            ExitCode.PIN_MISMATCH,
-            f"content hash {nar.sri} differs from the pinned narHash {options.expect_nar}",
-            hint="the revision or file selection changed; update narHash if this is intended",
-        )
+        raise pin_mismatch(spec, nar.sri, options.expect_nar)
     entry = root.install(staging, name, nar)
     previous = root.switch(name, entry)
-    root.link_by_hash(nar.sri, entry)
+    if options.expect_nar:
+        root.link_by_hash(nar.sri, entry)
     root.record({"name": name, "repo": spec.repo, "revision": spec.revision,
                  "narHash": nar.sri, "entry": entry.basename, **extra_record})
     changed = previous is None or previous.basename != entry.basename
     return Installed(name, spec.repo, spec.revision, spec.layout, entry, nar.sri,
                      entry.manifest().files, previous, changed)
+
+
+def pin_mismatch(spec: EntrySpec, got: str, pinned: str) -> ModelPullError:
+    return ModelPullError(
+        ExitCode.PIN_MISMATCH,
+        f"{spec.repo}@{spec.revision[:12]} (layout {spec.layout}) hashes to {got}, not to the "
+        f"pinned narHash {pinned}; nothing was installed",
+        hint=f"if the declaration is what you want, pin narHash = \"{got}\" (model-pull "
+        "prefetch prints the whole declaration); a pin made by a model-pull with another entry "
+        f"format changes too (this one writes format {ENTRY_FORMAT})",
+    )
 
 
 def up_to_date(root: StateRoot, name: str, spec: EntrySpec,
@@ -201,10 +209,7 @@ def up_to_date(root: StateRoot, name: str, spec: EntrySpec,
     if manifest.spec != spec or manifest.format != ENTRY_FORMAT:
         return None
     nar = root.nar_hash_of(entry)
-    if nar is None:
-        return None
-    if options.expect_nar and (nar != options.expect_nar
-                               or not root.pin_link(nar).exists()):
+    if nar is None or options.expect_nar not in (None, nar):
         return None
     return Installed(name, spec.repo, spec.revision, spec.layout, entry, nar, manifest.files,
                      entry, changed=False)
@@ -222,13 +227,13 @@ def fetch(
     if hub.COMMIT_RE.match(revision):
         done = up_to_date(root, name, options.spec(repo, revision), options)
         if done is not None:
-            return done
+            return _pinned(root, done, options, wait)
     commit = hub.resolve_revision(repo, revision, remote)
     spec = options.spec(repo, commit)
     # The commit and the options decide the entry: a branch that did not move costs one request.
     done = up_to_date(root, name, spec, options)
     if done is not None:
-        return done
+        return _pinned(root, done, options, wait)
     listing = hub.list_files(repo, commit, remote)
     refuse_unsafe([f.path for f in listing])
     chosen = select(listing, options)
@@ -237,6 +242,8 @@ def fetch(
     with root.lock(wait=wait), os_errors("download and install", root.path):
         done = up_to_date(root, name, spec, options)
         if done is not None:
+            if options.expect_nar:
+                root.link_by_hash(options.expect_nar, done.entry)
             return done
         _ensure_space(root, sum(f.size for f in chosen))
         progress.start(len(chosen), sum(f.size for f in chosen))
@@ -280,6 +287,14 @@ def fetch(
             progress.close()
         _clean_cache(b.path for b in blobs.values())
         return installed
+
+
+def _pinned(root: StateRoot, done: Installed, options: Options, wait: bool) -> Installed:
+    """An up-to-date entry that is pinned now: make sure its by-hash/ gate exists."""
+    if options.expect_nar and not root.pin_link(options.expect_nar).exists():
+        with root.lock(wait=wait):
+            root.link_by_hash(options.expect_nar, done.entry)
+    return done
 
 
 def _ensure_space(root: StateRoot, needed: int) -> None:

@@ -260,33 +260,50 @@ class StateRoot(RootPaths):
             (self.history_dir / name).write_text("".join(b + "\n" for b in history[:-1]))
         return current, target
 
-    def live(self, keep: int) -> set[str]:
-        """Entries gc must keep: linked from models/, plus the last `keep` of each model.
+    def roots(self) -> dict[str, str]:
+        """Every entry gc must keep, with why: a models/ link, a pin (by-hash/), the history.
 
-        by-hash/ links are not roots: a pinned model's entry is also its models/ entry.
+        Entries are found by basename; links that do not lead into store/ are ignored.
         """
-        live = set()
-        if self.models.is_dir():
-            for link in self.models.iterdir():
-                if link.is_symlink():
-                    live.add(Path(os.readlink(link)).name)
-        for name in self.names():
-            live.update(self.history(name)[-keep:] if keep > 0 else [])
-        return live
+        roots: dict[str, str] = {}
+        for where, top in (("history", self.history_dir), ("pin", self.by_hash),
+                           ("models/", self.models)):
+            if not top.is_dir():
+                continue
+            for child in sorted(top.iterdir()):
+                if where == "history":
+                    for basename in self.history(child.name):
+                        roots[basename] = f"in the history of {child.name}"
+                elif (entry := self.entry_at(child)) is not None:
+                    roots[entry.basename] = f"{where}{child.name}" if where == "models/" \
+                        else f"the pin by-hash/{child.name}"
+        return roots
 
-    def gc(self, keep: int = 0) -> list[Path]:
-        """Remove entries nothing points at, and download debris. Returns what was removed."""
+    def forget_history(self, keep: int) -> None:
+        """Keep only the last `keep` previous entries of each model in the history."""
+        if not self.history_dir.is_dir():
+            return
+        for hist in self.history_dir.iterdir():
+            kept = self.history(hist.name)[-keep:] if keep > 0 else []
+            hist.write_text("".join(b + "\n" for b in kept))
+
+    def gc(self, keep: int | None = None) -> list[Path]:
+        """Remove the entries nothing reaches (models/, by-hash/, the history), and download
+        debris. With `keep`, first forget all but the last `keep` previous entries of each
+        model. Returns what was removed."""
         removed: list[Path] = []
-        live = self.live(keep)
         with os_errors("collect garbage", self.path):
-            for entry in self.entries():
-                if entry.basename not in live:
-                    remove_tree(entry.path)
-                    removed.append(entry.path)
             if self.by_hash.is_dir():
                 for link in self.by_hash.iterdir():
                     if link.is_symlink() and not link.exists():
                         link.unlink()
+            if keep is not None:
+                self.forget_history(keep)
+            roots = self.roots()
+            for entry in self.entries():
+                if entry.basename not in roots:
+                    remove_tree(entry.path)
+                    removed.append(entry.path)
             if self.cache.is_dir():
                 for child in self.cache.iterdir():
                     remove_tree(child)
