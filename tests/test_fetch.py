@@ -458,20 +458,6 @@ def test_verify_rollback_gc(hub, env, tmp_path):
     assert bad.returncode == 21 and "config.json" in bad.stdout
 
 
-def test_prefetch_prints_a_nix_pin(env, tmp_path):
-    out = mp(env, "prefetch", "tiny-org/tiny-gguf", "--layout", "gguf",
-             "--root", str(tmp_path / "root")).stdout
-    if shutil.which("nix-instantiate"):
-        ev = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", out],
-                            env=env, check=True, capture_output=True, text=True).stdout
-        pin = json.loads(ev)
-    else:
-        pytest.skip("nix-instantiate not installed")
-    info = fetch_json(env, tmp_path / "root", "tiny-org/tiny-gguf", "--layout", "gguf")
-    assert pin == {"repo": "tiny-org/tiny-gguf", "revision": info["revision"], "layout": "gguf",
-                   "narHash": info["narHash"]}
-
-
 def test_pinned_nar_hash_refuses_anything_else(env, tmp_path):
     p = mp(env, "fetch", "tiny-org/tiny-gguf", "--layout", "gguf", "--nar-hash",
            "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "--root", str(tmp_path / "r"),

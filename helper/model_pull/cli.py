@@ -229,23 +229,28 @@ def package(src: Path, repo: str | None, revision: str | None, root: Path | None
 @click.option("--token-file", type=click.Path(path_type=Path), default=None)
 @_pull_options
 @_root_option
+@_json_option
 def prefetch(repo: str, revision: str, token_file: Path | None, root: Path | None,
-             no_wait: bool, store_mode: str, nix_store_uri: str | None, **opts: Any) -> None:
-    """Fetch, then print a Nix attribute set that pins it (like nix-prefetch-url)."""
-    from model_pull import hub, pull
+             as_json: bool, no_wait: bool, store_mode: str, nix_store_uri: str | None,
+             **opts: Any) -> None:
+    """Fetch, then print the declaration that pins it (like nix-prefetch-url).
+
+    The output is a Nix attribute set with every option that changes the entry's bytes and
+    its narHash: paste it as services.inference.models.<name>, under any name.
+    """
+    from model_pull import hub, nixexpr, pull
     from model_pull.progress import Progress
 
     state = _state(root)
     options = _options(**opts)
     installed = pull.fetch(repo, revision, options, state, hub.Remote(token=hub.read_token(
-        token_file)), progress=Progress(True), wait=not no_wait)
+        token_file)), progress=Progress(not as_json), wait=not no_wait)
     _nix_import(installed, state, store_mode, nix_store_uri)
-    lines = [f'  repo = "{installed.repo}";', f'  revision = "{installed.revision}";',
-             f'  layout = "{installed.layout}";']
-    if options.include:
-        lines.append("  include = [ " + " ".join(f'"{p}"' for p in options.include) + " ];")
-    lines.append(f'  narHash = "{installed.nar_hash}";')
-    click.echo("{\n" + "\n".join(lines) + "\n}")
+    declaration = installed.entry.manifest().spec.declaration(installed.nar_hash)
+    if as_json:
+        _emit(dict(declaration))
+    else:
+        click.echo(nixexpr.expr(declaration))
 
 
 @cli.command("hash")

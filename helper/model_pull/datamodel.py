@@ -93,6 +93,20 @@ class EntryManifestJson(TypedDict):
     files: list[FileRecord]
 
 
+class Declaration(TypedDict):
+    """A model as `services.inference.models.<name>` declares it, pinned (`prefetch` prints it)."""
+
+    repo: str
+    revision: str
+    layout: str
+    include: list[str]
+    exclude: list[str]
+    tritonName: str | None
+    engineDefaults: dict[str, Any]
+    patchTokenizer: bool
+    narHash: str
+
+
 @dataclass(frozen=True)
 class EntrySpec:
     """What decides an entry's bytes: repository, commit, layout and the byte-changing options.
@@ -123,6 +137,20 @@ class EntrySpec:
     def slug(self) -> str:
         """The repository's directory in a Hugging Face cache: models--org--name."""
         return "models--" + self.repo.replace("/", "--")
+
+    def declaration(self, nar_hash: str) -> Declaration:
+        """Every option that changes the entry's bytes, and the narHash they give."""
+        return {
+            "repo": self.repo,
+            "revision": self.revision,
+            "layout": str(self.layout),
+            "include": list(self.include),
+            "exclude": list(self.exclude),
+            "tritonName": self.triton_name,
+            "engineDefaults": dict(self.engine_defaults),
+            "patchTokenizer": self.patch_tokenizer,
+            "narHash": nar_hash,
+        }
 
     def file_path(self, rel: str) -> str:
         """Where the repository file `rel` lands inside the entry (relative to the entry)."""
