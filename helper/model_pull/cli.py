@@ -158,7 +158,7 @@ def _sync(*, restart: bool, wait: bool, root: Path | None) -> None:
     result = sync.sync(manifest, root=root, restart=restart, progress=Progress(True), wait=wait,
                        say=lambda line: click.echo(line, err=line.startswith("warning")))
     for outcome in result.restarted:
-        click.echo(f"  {outcome.describe()}")
+        click.echo(f"  {outcome.unit}: {outcome.describe()}")
     if result.restart_error is not None and not result.failed:
         click.echo("the pull itself succeeded; the units were not restarted", err=True)
     sync.raise_for(result)
