@@ -85,7 +85,8 @@ def test_no_system_bus_is_exit_40_and_the_pull_still_happened(served, tmp_path):
         "main": ("org/main-gguf", commits["org/main-gguf"], ["main-Q4_K_M.gguf"], "gguf", None)})
     p = run(url, m)
     assert p.returncode == 40, p.stderr
-    assert "sudo" in p.stderr and "the pull itself succeeded" in p.stderr
+    (line,) = [e for e in p.stderr.splitlines() if e.startswith("error: ")]
+    assert "the pull itself succeeded" in line and "sudo" in line
     assert (root / "models/main/share/models/gguf/main-Q4_K_M.gguf").is_file()
 
 
@@ -99,7 +100,9 @@ def test_a_pin_mismatch_fails_that_model_only(served, tmp_path):
     })
     p = run(url, m, "--no-restart")
     assert p.returncode == 22, p.stderr
-    assert "llm" in p.stderr.splitlines()[-1] and "pinned narHash" in p.stderr
+    (line,) = [e for e in p.stderr.splitlines() if e.startswith("error: ")]  # printed once
+    assert line.startswith("error: llm: org/llm@") and "pinned narHash" in line
+    assert "error" not in p.stdout and "main: installed" in p.stdout
     assert not (root / "models/llm").exists()
     assert (root / "models/main").exists()
 

@@ -265,6 +265,31 @@ class Report:
             return ExitCode.EMULATED
         return ExitCode.OK
 
+    def failure(self, strict: bool = False) -> ModelPullError | None:
+        """The one-line error for a verdict that fails (exit_code), or None."""
+        code = self.exit_code(strict)
+        if code is ExitCode.OK:
+            return None
+        if code is ExitCode.NO_GPU_INFO:
+            return ModelPullError(code, f"no GPU information: {self.gpu_problem or 'none given'}",
+                                  hint="plan for a GPU with --gpu, e.g. --gpu L4 or "
+                                  "--gpu 8.9:24GiB")
+        if code is ExitCode.DOES_NOT_FIT:
+            t = self.tightest
+            assert t is not None
+            f = t.fit
+            return ModelPullError(
+                code, f"{self.model} does not fit {t.gpu.name}: it needs "
+                f"{_gib(f.weights + f.kv_cache + f.overhead)}, {_gib(f.available)} are available",
+                hint="the report says what fits: a shorter --context, fewer --parallel "
+                "sequences, a smaller KV cache type, or a bigger GPU")
+        worst = max(self.gpus, key=lambda g: g.support)
+        return ModelPullError(
+            code, f"{self.model} with {self.runtime.value} on {worst.gpu.name} "
+            f"(SM {worst.gpu.sm}): {worst.support}: {worst.how}",
+            hint="--strict accepts native verdicts only" if strict else
+            "see the report for the reasons and their sources")
+
     def to_json(self) -> dict[str, Any]:
         t = self.tightest
         v = self.verdict

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,8 @@ def cli(ctx: click.Context, verbose: bool, no_restart: bool, no_wait: bool,
     (/etc/inference/models.json, or $MODEL_PULL_MANIFEST), verify pins, and restart the
     units that were waiting for them.
     """
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING):  # "warning: ...", as ours
+        logging.addLevelName(level, logging.getLevelName(level).lower())
     logging.basicConfig(
         level=logging.DEBUG if os.environ.get(DEBUG_ENV) else
         logging.INFO if verbose else logging.WARNING,
@@ -153,15 +156,28 @@ def cli(ctx: click.Context, verbose: bool, no_restart: bool, no_wait: bool,
 def _sync(*, restart: bool, wait: bool, root: Path | None) -> None:
     from model_pull import sync
     from model_pull.progress import Progress
+    from model_pull.systemd import raise_for_failed
+
+    def say(line: str) -> None:
+        click.echo(line, err=line.startswith("warning: "))
+
+    def model_failed(name: str, exc: ModelPullError) -> None:
+        _error_line(f"{name}: {exc}")
 
     manifest = Manifest.load()
     result = sync.sync(manifest, root=root, restart=restart, progress=Progress(True), wait=wait,
-                       say=lambda line: click.echo(line, err=line.startswith("warning")))
+                       say=say, on_error=model_failed)
     for outcome in result.restarted:
         click.echo(f"  {outcome.unit}: {outcome.describe()}")
-    if result.restart_error is not None and not result.failed:
-        click.echo("the pull itself succeeded; the units were not restarted", err=True)
-    sync.raise_for(result)
+        for line in outcome.journal:
+            click.echo(f"    {line}")
+    if result.failed:  # each was reported once, above; the first one decides the exit code
+        if result.restart_error is not None:
+            _error_line(str(result.restart_error))
+        raise SystemExit(int(next(iter(result.failed.values())).code))
+    if result.restart_error is not None:
+        raise result.restart_error
+    raise_for_failed(result.restarted)
 
 
 @cli.command()
@@ -450,9 +466,9 @@ def check_cmd(target: str, revision: str | None, runtime: str | None, gpus: tupl
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
         click.echo(check.render_text(report))
-    code = report.exit_code(strict)
-    if code is not ExitCode.OK:
-        sys.exit(int(code))
+    failure = report.failure(strict)
+    if failure is not None:
+        raise failure
 
 
 @cli.command()
@@ -476,19 +492,48 @@ def status(root: Path | None, as_json: bool) -> None:
         raise report.bus_error
 
 
+def _error_line(text: str) -> None:
+    """The one line a failure gets: `error: what is wrong (what to do)` on stderr."""
+    click.echo(f"error: {' '.join(text.split())}", err=True)
+
+
+def _usage_line(exc: click.ClickException) -> str:
+    message = exc.format_message().rstrip(".")
+    message = message[:1].lower() + message[1:] if message[1:2].islower() else message
+    ctx = getattr(exc, "ctx", None)
+    path = ctx.command_path if ctx is not None else "model-pull"
+    return f"{message} (see {path} --help)"
+
+
+def _failure(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the one line for whatever ended the command."""
+    if isinstance(exc, ModelPullError):
+        return exc.code, str(exc)
+    if isinstance(exc, click.exceptions.Abort | KeyboardInterrupt):
+        return 130, "interrupted"
+    if isinstance(exc, click.ClickException):  # usage: unknown option, bad value, no argument
+        return exc.exit_code, _usage_line(exc)
+    if isinstance(exc, PermissionError):
+        return ExitCode.PERMISSION, (f"permission denied: {exc.filename or exc} "
+                                     "(run it as root: sudo model-pull ...)")
+    if isinstance(exc, OSError) and exc.strerror:
+        return ExitCode.ERROR, f"{exc.strerror}: {exc.filename}" if exc.filename \
+            else exc.strerror
+    return ExitCode.ERROR, (f"unexpected {type(exc).__name__}: {exc} (a bug in model-pull: run "
+                            f"it again with {DEBUG_ENV}=1 for the traceback, and report it)")
+
+
 def main() -> None:
+    """Run the command line. Whatever goes wrong ends as one `error:` line on stderr and its
+    exit code (errors.ExitCode); the traceback too only with MODEL_PULL_DEBUG=1."""
     try:
-        cli.main(standalone_mode=False)
-    except ModelPullError as exc:
-        if os.environ.get("MODEL_PULL_DEBUG"):
-            logger.exception("debug traceback")
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(int(exc.code))
-    except click.exceptions.Abort:
-        click.echo("error: interrupted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        result = cli.main(standalone_mode=False, prog_name="model-pull")
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        code, line = _failure(exc)
+        if os.environ.get(DEBUG_ENV):
+            traceback.print_exception(exc)
+        _error_line(line)
+        sys.exit(int(code))
+    sys.exit(result if isinstance(result, int) else 0)

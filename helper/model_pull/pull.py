@@ -190,9 +190,9 @@ def pin_mismatch(spec: EntrySpec, got: str, pinned: str) -> ModelPullError:
         ExitCode.PIN_MISMATCH,
         f"{spec.repo}@{spec.revision[:12]} (layout {spec.layout}) hashes to {got}, not to the "
         f"pinned narHash {pinned}; nothing was installed",
-        hint=f"if the declaration is what you want, pin narHash = \"{got}\" (model-pull "
-        "prefetch prints the whole declaration); a pin made by a model-pull with another entry "
-        f"format changes too (this one writes format {ENTRY_FORMAT})",
+        hint=f"if the declaration is what you want, pin narHash = \"{got}\", which model-pull "
+        "prefetch prints with the whole declaration; a pin made by a model-pull with another "
+        f"entry format changes too, this one writes format {ENTRY_FORMAT}",
     )
 
 

@@ -3,7 +3,8 @@
 Pulls every declared model that is missing or differs from its declaration (revision, files,
 layout, pin), then restarts the units waiting for the models that changed, over D-Bus. A model
 that is already there costs no network and no hashing, so a no-op run is fast. One model's
-failure does not stop the others; the first failure decides the exit code.
+failure does not stop the others: each is reported once, through `on_error`, and the first one
+decides the exit code.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from pathlib import Path
 
 from model_pull import hub, pull
 from model_pull.datamodel import resolve_root
-from model_pull.errors import ModelPullError
+from model_pull.errors import ExitCode, ModelPullError
 from model_pull.manifest import DeclaredModel, Manifest
 from model_pull.progress import Progress
 from model_pull.store import StateRoot
-from model_pull.systemd import UnitOutcome, raise_for_failed, restart_waiting_units
+from model_pull.systemd import UnitOutcome, restart_waiting_units
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,10 @@ def options_for(model: DeclaredModel) -> pull.Options:
 def sync(
     manifest: Manifest, *, root: Path | None = None, restart: bool = True,
     progress: Progress, wait: bool = True, say: Callable[[str], None] = logger.info,
+    on_error: Callable[[str, ModelPullError], None] | None = None,
 ) -> SyncResult:
+    """Pull every declared model; `say` gets one line per model (and warnings), `on_error` each
+    model's failure. Restart failures are in the result (`restart_error`, the outcomes)."""
     state = StateRoot(resolve_root(root, lambda: manifest.root))
     remote = hub.Remote(endpoint=manifest.endpoint, token=hub.read_token(manifest.token_file))
     result = SyncResult()
@@ -66,7 +70,8 @@ def sync(
                                    preflight=_gate(manifest, model, remote, say))
         except ModelPullError as exc:
             result.failed[name] = exc
-            say(f"{name}: error: {exc}")
+            if on_error is not None:
+                on_error(name, exc)
             continue
         result.installed.append(installed)
         state_word = "installed " + installed.entry.basename if installed.changed else "up to date"
@@ -76,6 +81,9 @@ def sync(
         try:
             result.restarted = list(restart_waiting_units(units))
         except ModelPullError as exc:
+            if exc.code is ExitCode.NO_BUS:
+                exc = ModelPullError(exc.code, f"{exc.message}; the pull itself succeeded, "
+                                     "the units were not restarted", hint=exc.hint)
             result.restart_error = exc
     return result
 
@@ -95,17 +103,3 @@ def _gate(manifest: Manifest, model: DeclaredModel, remote: hub.Remote,
                          warn=lambda m: say(f"warning: {model.name}: {m}"))
 
     return gate
-
-
-def raise_for(result: SyncResult) -> None:
-    """The pull's own failures first; then restarts (the pull itself succeeded)."""
-    if result.failed:
-        name, first = next(iter(result.failed.items()))
-        others = len(result.failed) - 1
-        raise ModelPullError(first.code, f"{name}: {first.message}" +
-                             (f" (and {others} more model(s) failed)" if others else ""),
-                             hint=first.hint)
-    if result.restart_error is not None:
-        raise result.restart_error
-    raise_for_failed(result.restarted)
-

@@ -219,14 +219,11 @@ def restart_waiting_units(
 def raise_for_failed(outcomes: Sequence[UnitOutcome]) -> None:
     """ModelPullError(UNIT_FAILED) if a restarted unit failed or still cannot see its model.
 
-    The journal lines of each failed unit are logged (at error level) before raising.
+    The journal lines of failed units are in the outcomes, for the caller to show.
     """
     bad = [o for o in outcomes if o.failed or o.waiting]
     if not bad:
         return
-    for o in bad:
-        for line in o.journal:
-            logger.error("%s: %s", o.unit, line)
     first = bad[0]
     if first.failed:
         detail = f"{first.unit} failed to start ({first.result or first.job_result}, " \
