@@ -39,12 +39,12 @@ def test_fp8_on_l4_native_json_shape(fp8):
     assert code == 0
     assert out["verdict"] == "native" and out["fits"] is True
     assert out["quantization"]["method"] == "fp8"
-    assert out["gpus"][0]["sm"] == "8.9" and out["gpus"][0]["name"] == "L4"
+    assert out["gpus"][0]["gpu"]["sm"] == "8.9" and out["gpus"][0]["gpu"]["name"] == "L4"
     mem = out["memory"]
-    assert set(mem) >= {"weights", "kv_cache", "overhead", "available", "headroom", "max_context"}
+    assert set(mem) >= {"weights", "kvCache", "overhead", "available", "headroom", "maxContext"}
     assert mem["weights"] == 8 * GIB
-    assert mem["kv_cache"] == 32 * 8 * 128 * 2 * 2 * 8192
-    assert mem["headroom"] == mem["available"] - mem["weights"] - mem["kv_cache"] - mem["overhead"]
+    assert mem["kvCache"] == 32 * 8 * 128 * 2 * 2 * 8192
+    assert mem["headroom"] == mem["available"] - mem["weights"] - mem["kvCache"] - mem["overhead"]
     assert any("seed 000" in r for r in out["reasons"])
 
 
@@ -97,7 +97,7 @@ def test_seed_003_parallel_4_ooms_a_32gb_card(big_gguf):
     code, out = as_json(*common, "--parallel", "1")
     assert code == 0 and out["runtime"] == "llama-server"
     assert out["quantization"]["algo"] == "Q4_K_M"
-    assert out["memory"]["max_context"] == 262144
+    assert out["memory"]["maxContext"] == 262144
 
 
 def test_no_gpu_information_says_why_and_exits_33(fp8):

@@ -4,8 +4,11 @@ MODEL_PULL_DEBUG=1."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -53,3 +56,48 @@ def test_a_check_that_fails_says_why_on_stderr_once(model_pull, hub_repos):
     (line,) = p.stderr.splitlines()
     assert line.startswith(f"error: {hub_repos.tiny_llama.repo}@") and "does not fit" in line
     assert "verdict:" in p.stdout and "error:" not in p.stdout  # the report is on stdout
+
+
+CAMEL = re.compile(r"[a-z][a-zA-Z0-9]*")
+USER_DATA = {"engineDefaults", "details"}  # keys there are the model's or vLLM's, not ours
+
+
+def keys(value: Any, where: str = "") -> list[str]:
+    """Every object key in `value`, with where it is, skipping user data."""
+    found = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found.append(f"{where}.{k}")
+            if k not in USER_DATA:
+                found += keys(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for v in value:
+            found += keys(v, f"{where}[]")
+    return found
+
+
+def test_every_json_output_is_camel_case(model_pull, hub_repos, tmp_path):
+    root = ["--root", str(tmp_path / "root")]
+    llama = hub_repos.tiny_llama
+    manifest = tmp_path / "models.json"
+    manifest.write_text(json.dumps({
+        "version": 1, "root": str(tmp_path / "root"),
+        "models": {"tiny-llama": {"repo": llama.repo, "revision": "main", "layout": "dual",
+                                  "units": ["vllm-tiny.service"]}},
+        "units": {"vllm-tiny.service": {"runtime": "vllm", "models": ["tiny-llama"]}}}))
+    outputs = {
+        "fetch": model_pull.json("fetch", llama.repo, "--vllm-arg", "max_model_len=64", *root),
+        "fetch v2": model_pull.json("fetch", llama.repo, "--revision", "v2", *root),
+        "prefetch": model_pull.json("prefetch", llama.repo, *root),
+        "hash": model_pull.json("hash", str(tmp_path / "root/models/tiny-llama/")),
+        "verify": model_pull.json("verify", *root),
+        "list": model_pull.json("list", *root),
+        "rollback": model_pull.json("rollback", "tiny-llama", *root),
+        "gc": model_pull.json("gc", *root),
+        "check": model_pull.json("check", "tiny-llama", "--gpu", "L4", "--context", "64", *root),
+        "status": json.loads(model_pull.run("status", "--json", env={
+            "MODEL_PULL_MANIFEST": str(manifest)}).stdout),
+    }
+    for command, out in outputs.items():
+        bad = [k for k in keys(out) if not CAMEL.fullmatch(k.rsplit(".", 1)[1])]
+        assert bad == [], f"{command} --json: {bad}"

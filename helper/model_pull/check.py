@@ -21,6 +21,7 @@ from model_pull.datamodel import ENTRY_MANIFEST, RootPaths, Runtime
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.ggufmeta import GgufInfo, HeaderIncompleteError, read_gguf, read_gguf_header
 from model_pull.gpu import GpuFacts
+from model_pull.output import CheckJson, GpuVerdictJson
 
 if TYPE_CHECKING:
     from model_pull import hub as hub_types
@@ -222,8 +223,8 @@ class GpuVerdict:
     build: str | None  # how the runtime build's code reaches this GPU (with --package-sm)
     fit: fit.Fit
 
-    def to_json(self) -> dict[str, Any]:
-        return {**self.gpu.to_json(), "verdict": str(self.support), "reason": self.how,
+    def to_json(self) -> GpuVerdictJson:
+        return {"gpu": self.gpu.to_json(), "verdict": str(self.support), "reason": self.how,
                 "source": self.source, "build": self.build, "memory": self.fit.to_json()}
 
 
@@ -290,14 +291,14 @@ class Report:
             hint="--strict accepts native verdicts only" if strict else
             "see the report for the reasons and their sources")
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> CheckJson:
         t = self.tightest
         v = self.verdict
         return {
             "model": self.model,
             "runtime": self.runtime.value,
             "gpus": [g.to_json() for g in self.gpus],
-            "gpu_problem": self.gpu_problem,
+            "gpuProblem": self.gpu_problem,
             "quantization": self.quantization.to_json(),
             "architecture": self.architecture.to_json() if self.architecture else None,
             "verdict": str(v) if v is not None else None,

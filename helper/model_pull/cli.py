@@ -10,8 +10,9 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,7 +21,11 @@ from model_pull import status as status_mod
 from model_pull.datamodel import DEBUG_ENV, Layout, Runtime, files_total, resolve_root
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.manifest import Manifest, state_root
+from model_pull.output import GcJson, HashJson, ListedJson, ListJson, RollbackJson, VerifyJson
 from model_pull.store import Entry, StateRoot
+
+if TYPE_CHECKING:
+    from model_pull.pull import Installed, Options
 
 logger = logging.getLogger("model_pull")
 
@@ -50,7 +55,8 @@ def _state(root: Path | None) -> StateRoot:
     return StateRoot(_root(root))
 
 
-def _emit(data: dict[str, Any]) -> None:
+def _emit(data: Mapping[str, Any]) -> None:
+    """One JSON object on stdout (its type: output.py)."""
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
@@ -90,7 +96,7 @@ def _pull_options(f: Any) -> Any:
 
 def _options(include: tuple[str, ...], exclude: tuple[str, ...], layout: str, name: str | None,
              triton_name: str | None, vllm_args: tuple[str, ...], patch_tokenizer: bool,
-             expect_nar: str | None) -> Any:
+             expect_nar: str | None) -> Options:
     from model_pull.layouts import parse_engine_args
     from model_pull.pull import Options
 
@@ -99,7 +105,7 @@ def _options(include: tuple[str, ...], exclude: tuple[str, ...], layout: str, na
                    patch_tokenizer=patch_tokenizer, expect_nar=expect_nar)
 
 
-def _report(installed: Any, as_json: bool, store_path: str | None) -> None:
+def _report(installed: Installed, as_json: bool, store_path: str | None) -> None:
     data = installed.to_json()
     if store_path:
         data["nixStorePath"] = store_path
@@ -117,7 +123,8 @@ def _report(installed: Any, as_json: bool, store_path: str | None) -> None:
         click.echo(f"  nix store {store_path}")
 
 
-def _nix_import(installed: Any, root: Any, mode: str, uri: str | None) -> str | None:
+def _nix_import(installed: Installed, root: StateRoot, mode: str,
+                uri: str | None) -> str | None:
     if mode != "nix":
         return None
     from model_pull.nix import add_entry
@@ -264,7 +271,7 @@ def prefetch(repo: str, revision: str, token_file: Path | None, root: Path | Non
     _nix_import(installed, state, store_mode, nix_store_uri)
     declaration = installed.entry.manifest().spec.declaration(installed.nar_hash)
     if as_json:
-        _emit(dict(declaration))
+        _emit(declaration)
     else:
         click.echo(nixexpr.expr(declaration))
 
@@ -284,8 +291,9 @@ def hash_cmd(path: Path, name: str | None, as_json: bool) -> None:
     except ValueError as exc:
         raise ModelPullError(ExitCode.BAD_INPUT, str(exc), hint="pass --name") from exc
     if as_json:
-        _emit({"path": str(path), "narHash": nar.sri, "narSize": nar.size,
-               "storePath": store_path})
+        out: HashJson = {"path": str(path), "narHash": nar.sri, "narSize": nar.size,
+                         "storePath": store_path}
+        _emit(out)
     else:
         click.echo(nar.sri)
         click.echo(store_path)
@@ -304,7 +312,8 @@ def verify(names: tuple[str, ...], root: Path | None, as_json: bool) -> None:
     if not results:
         click.echo(f"no models in {state.path}: nothing to verify", err=True)
     if as_json:
-        _emit({"entries": [r.to_json() for r in results]})
+        verified: VerifyJson = {"entries": [r.to_json() for r in results]}
+        _emit(verified)
     else:
         for r in results:
             click.echo(f"{r.name}: {'ok' if r.ok else 'CORRUPT'}  {r.entry}")
@@ -324,7 +333,7 @@ def verify(names: tuple[str, ...], root: Path | None, as_json: bool) -> None:
 def list_cmd(root: Path | None, as_json: bool) -> None:
     """Installed models and their current entries."""
     state = _state(root)
-    rows: list[dict[str, Any]] = []
+    rows: list[ListedJson] = []
     for name in state.names():
         entry = state.current(name)
         try:
@@ -341,7 +350,8 @@ def list_cmd(root: Path | None, as_json: bool) -> None:
             "previous": state.history(name)[-1:] or None,
         })
     if as_json:
-        _emit({"models": rows})
+        listed: ListJson = {"models": rows}
+        _emit(listed)
         return
     for row in rows:
         click.echo(f"{row['name']}\t{row['repo']}@{(row['revision'] or '?')[:12]}\t"
@@ -364,7 +374,8 @@ def gc(keep: int | None, root: Path | None, as_json: bool) -> None:
     with state.lock(wait=True):
         removed = state.gc(keep)
     if as_json:
-        _emit({"removed": [str(p) for p in removed]})
+        collected: GcJson = {"removed": [str(p) for p in removed]}
+        _emit(collected)
     else:
         for p in removed:
             click.echo(f"removed {p}")
@@ -385,7 +396,8 @@ def rollback(name: str, root: Path | None, as_json: bool) -> None:
     with state.lock(wait=True):
         before, after = state.rollback(name)
     if as_json:
-        _emit({"name": name, "from": str(before.path), "to": str(after.path)})
+        back: RollbackJson = {"name": name, "from": str(before.path), "to": str(after.path)}
+        _emit(back)
     else:
         click.echo(f"{name}: {before.basename} -> {after.basename}")
 
@@ -463,7 +475,7 @@ def check_cmd(target: str, revision: str | None, runtime: str | None, gpus: tupl
                              forward_compat=not no_forward_compat, context=context,
                              parallel=parallel, kv_cache_dtype=kv_cache_dtype)
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        _emit(report.to_json())
     else:
         click.echo(check.render_text(report))
     failure = report.failure(strict)
@@ -485,7 +497,7 @@ def status(root: Path | None, as_json: bool) -> None:
     option = root or ctx.find_root().params.get("root")
     report = status_mod.collect(manifest, resolve_root(option, lambda: manifest.root))
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        _emit(report.to_json())
     else:
         click.echo(status_mod.render(report))
     if report.bus_error is not None:

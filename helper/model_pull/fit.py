@@ -16,6 +16,7 @@ from typing import Any
 from model_pull.datamodel import Runtime
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.ggufmeta import GgufInfo
+from model_pull.output import ArchitectureJson, FitJson
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,11 @@ class Architecture:
         window = min(context, self.sliding_window or context)
         return per_layer * (self.layers * context + self.sliding_layers * window)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"layers": self.layers, "kv_heads": self.kv_heads, "head_dim": self.head_dim,
-                "value_dim": self.value_dim, "max_context": self.max_context,
-                "sliding_layers": self.sliding_layers, "sliding_window": self.sliding_window,
-                "mla_dim": self.mla_dim}
+    def to_json(self) -> ArchitectureJson:
+        return {"layers": self.layers, "kvHeads": self.kv_heads, "headDim": self.head_dim,
+                "valueDim": self.value_dim, "maxContext": self.max_context,
+                "slidingLayers": self.sliding_layers, "slidingWindow": self.sliding_window,
+                "mlaDim": self.mla_dim}
 
     @classmethod
     def from_hf_config(cls, config: Mapping[str, Any]) -> Architecture | None:
@@ -173,12 +174,12 @@ class Fit:
     def fits(self) -> bool:
         return self.headroom >= 0
 
-    def to_json(self) -> dict[str, Any]:
-        return {"weights": self.weights, "kv_cache": self.kv_cache, "overhead": self.overhead,
+    def to_json(self) -> FitJson:
+        return {"weights": self.weights, "kvCache": self.kv_cache, "overhead": self.overhead,
                 "available": self.available, "headroom": self.headroom,
-                "max_context": self.max_context, "context": self.context,
-                "parallel": self.parallel, "kv_cache_dtype": self.kv_dtype,
-                "kv_bytes_per_token": round(self.kv_per_token, 2), "fits": self.fits}
+                "maxContext": self.max_context, "context": self.context,
+                "parallel": self.parallel, "kvCacheDtype": self.kv_dtype,
+                "kvBytesPerToken": round(self.kv_per_token, 2), "fits": self.fits}
 
 
 def available_bytes(runtime: Runtime, total: int, free: int | None) -> int:

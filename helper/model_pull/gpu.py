@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from model_pull.errors import ExitCode, ModelPullError
+from model_pull.output import GpuJson
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +51,13 @@ class GpuFacts:
     index: int | None = None
     source: str = "spec"  # "nvml" or "spec"
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> GpuJson:
         return {
             "index": self.index,
             "name": self.name,
             "sm": str(self.sm),
-            "total_bytes": self.total_bytes,
-            "free_bytes": self.free_bytes,
+            "totalBytes": self.total_bytes,
+            "freeBytes": self.free_bytes,
             "driver": self.driver,
             "source": self.source,
         }

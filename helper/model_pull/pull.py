@@ -35,6 +35,7 @@ from model_pull.hashing import (
     valid_store_name,
 )
 from model_pull.layouts import Placed
+from model_pull.output import InstalledJson
 from model_pull.progress import Progress
 from model_pull.store import Entry, StateRoot, os_errors, remove_tree
 
@@ -82,11 +83,12 @@ class Installed:
     previous: Entry | None
     changed: bool
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> InstalledJson:
         return {
             "name": self.name, "repo": self.repo, "revision": self.revision,
             "layout": str(self.layout), "path": str(self.entry.path), "narHash": self.nar_hash,
-            "storeName": self.entry.basename, "files": list(self.files), "changed": self.changed,
+            "storeName": self.entry.basename, "files": list(self.files),
+            "changed": self.changed,
             "previous": str(self.previous.path) if self.previous else None,
         }
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model_pull.ggufmeta import GgufInfo
+from model_pull.output import QuantizationJson
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +63,11 @@ class Quantization:
     kv_cache: str | None = None  # a KV-cache quantization the checkpoint declares (e.g. "fp8")
     details: tuple[tuple[str, str], ...] = field(default=())
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> QuantizationJson:
         return {
             "method": self.method.value, "scheme": self.scheme.value, "algo": self.algo,
-            "weight_bits": self.weight_bits, "activation_bits": self.activation_bits,
-            "dtype": self.dtype, "kv_cache": self.kv_cache, "source": self.source,
+            "weightBits": self.weight_bits, "activationBits": self.activation_bits,
+            "dtype": self.dtype, "kvCache": self.kv_cache, "source": self.source,
             "details": dict(self.details),
         }
 

@@ -18,6 +18,7 @@ from typing import Any
 from model_pull import systemd
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.manifest import DeclaredModel, Manifest
+from model_pull.output import ModelStatusJson, StatusJson, UnitStatusJson
 from model_pull.store import StateRoot
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class UnitReport:
     state: systemd.UnitState | None  # None: systemd could not be asked (see Report.bus_error)
     gpu_bytes: int | None  # GPU memory its processes hold; None: no NVML
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> UnitStatusJson:
         s = self.state
         return {
             "unit": self.unit,
@@ -73,7 +74,7 @@ class ModelReport:
             and self.installed_revision != self.revision
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ModelStatusJson:
         return {
             "name": self.name,
             "repo": self.repo,
@@ -97,7 +98,7 @@ class Report:
     bus_error: ModelPullError | None
     gpu_error: str | None  # why there are no GPU numbers ("no NVML: ...")
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> StatusJson:
         return {
             "manifest": str(self.manifest),
             "root": str(self.root),

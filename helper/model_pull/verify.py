@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
 
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.hashing import Hasher, nar_hash, store_basename
+from model_pull.output import VerifiedJson
 from model_pull.store import Entry, StateRoot
 
 
@@ -22,7 +22,7 @@ class Verified:
     ok: bool
     problems: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> VerifiedJson:
         return {"name": self.name, "entry": self.entry, "ok": self.ok, "problems": self.problems}
 
 
