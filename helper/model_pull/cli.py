@@ -21,7 +21,9 @@ from model_pull import status as status_mod
 from model_pull.datamodel import DEBUG_ENV, Layout, Runtime, files_total, resolve_root
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.manifest import Manifest, state_root
+from model_pull.metadata import load_target
 from model_pull.output import GcJson, HashJson, ListedJson, ListJson, RollbackJson, VerifyJson
+from model_pull.render import check_text, human_size, status_text
 from model_pull.store import Entry, StateRoot
 
 if TYPE_CHECKING:
@@ -58,14 +60,6 @@ def _state(root: Path | None) -> StateRoot:
 def _emit(data: Mapping[str, Any]) -> None:
     """One JSON object on stdout (its type: output.py)."""
     click.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def _pull_options(f: Any) -> Any:
@@ -118,7 +112,7 @@ def _report(installed: Installed, as_json: bool, store_path: str | None) -> None
     click.echo(f"  entry     {installed.entry.path}")
     click.echo(f"  narHash   {installed.nar_hash}")
     click.echo(f"  revision  {installed.revision}  ({installed.repo}, layout {installed.layout}, "
-               f"{len(installed.files)} files, {_human_size(size)})")
+               f"{len(installed.files)} files, {human_size(size)})")
     if store_path:
         click.echo(f"  nix store {store_path}")
 
@@ -355,7 +349,7 @@ def list_cmd(root: Path | None, as_json: bool) -> None:
         return
     for row in rows:
         click.echo(f"{row['name']}\t{row['repo']}@{(row['revision'] or '?')[:12]}\t"
-                   f"{row['layout']}\t{_human_size(row['size'])}\t{row['path']}")
+                   f"{row['layout']}\t{human_size(row['size'])}\t{row['path']}")
 
 
 @cli.command()
@@ -463,7 +457,7 @@ def check_cmd(target: str, revision: str | None, runtime: str | None, gpus: tupl
     Exit: 0 ok, 30 emulated (--strict), 31 unsupported, 32 does not fit, 33 no GPU information.
     """
     rt = Runtime(runtime) if runtime else None
-    meta = check.load_target(target, root=_root(root), revision=revision)
+    meta = load_target(target, root=_root(root), revision=revision)
     arches = check.parse_package_sms(package_sm) if package_sm else ()
     if not arches and "/" not in target:
         unit = check.unit_facts_from_manifest(target, rt)
@@ -477,7 +471,7 @@ def check_cmd(target: str, revision: str | None, runtime: str | None, gpus: tupl
     if as_json:
         _emit(report.to_json())
     else:
-        click.echo(check.render_text(report))
+        click.echo(check_text(report))
     failure = report.failure(strict)
     if failure is not None:
         raise failure
@@ -499,7 +493,7 @@ def status(root: Path | None, as_json: bool) -> None:
     if as_json:
         _emit(report.to_json())
     else:
-        click.echo(status_mod.render(report))
+        click.echo(status_text(report))
     if report.bus_error is not None:
         raise report.bus_error
 

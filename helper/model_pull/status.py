@@ -136,33 +136,6 @@ def collect(manifest: Manifest, root: Path, *, gpu_memory: GpuMemory | None = No
     return Report(manifest.path, root, tuple(models), bus_error, gpu_error)
 
 
-def render(report: Report) -> str:
-    """Human-readable status, one block per model."""
-    lines = []
-    for m in report.models:
-        if m.entry is None:
-            lines.append(f"{m.name}  missing  (nothing at {m.gate})")
-        else:
-            lines.append(f"{m.name}  present  {m.entry}")
-        detail = f"  {m.repo} @ {m.revision}"
-        if m.pin_differs:
-            detail += f"  (installed: {m.installed_revision}: pull to update)"
-        if m.nar_hash:
-            detail += f"  narHash {m.nar_hash}"
-        if m.pulled_at:
-            detail += f"  pulled {m.pulled_at}"
-        lines.append(detail)
-        for u in m.units:
-            state = u.state.describe() if u.state else "unknown (no bus)"
-            gpu = "" if report.gpu_error else f"  GPU {_human_bytes(u.gpu_bytes or 0)}"
-            lines.append(f"  {u.unit}  {state}{gpu}")
-    if not report.models:
-        lines.append(f"no models declared in {report.manifest}")
-    if report.gpu_error:
-        lines.append(f"GPU memory per unit: {report.gpu_error}")
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------------------- internals
 
 
@@ -216,12 +189,3 @@ def _nvml_process_memory() -> Mapping[int, int]:
     from model_pull.gpu import process_memory
 
     return process_memory()
-
-
-def _human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from container import SystemdContainer
 
-from model_pull import status, systemd
+from model_pull import render, status, systemd
 from model_pull.manifest import Manifest
 
 pytestmark = pytest.mark.systemd
@@ -124,4 +124,4 @@ def test_gpu_memory_is_summed_per_unit(state: tuple[SystemdContainer, Path, Path
     tiny, big = report.models
     assert tiny.units[0].gpu_bytes == 3 << 30
     assert big.units[0].gpu_bytes == 0
-    assert "tiny.service  active (running)  GPU 3.0 GiB" in status.render(report)
+    assert "tiny.service  active (running)  GPU 3.0 GiB" in render.status_text(report)
