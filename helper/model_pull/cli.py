@@ -157,7 +157,7 @@ def cli(ctx: click.Context, verbose: bool, no_restart: bool, no_wait: bool,
 def _sync(*, restart: bool, wait: bool, root: Path | None) -> None:
     from model_pull import sync
     from model_pull.progress import Progress
-    from model_pull.systemd import raise_for_failed
+    from model_pull.units import raise_for_failed
 
     def say(line: str) -> None:
         click.echo(line, err=line.startswith("warning: "))

@@ -20,6 +20,7 @@ from model_pull.errors import ExitCode, ModelPullError
 from model_pull.manifest import DeclaredModel, Manifest
 from model_pull.output import ModelStatusJson, StatusJson, UnitStatusJson
 from model_pull.store import StateRoot
+from model_pull.units import UnitState
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ GpuMemory = Callable[[], Mapping[int, int]]
 @dataclass(frozen=True)
 class UnitReport:
     unit: str
-    state: systemd.UnitState | None  # None: systemd could not be asked (see Report.bus_error)
+    state: UnitState | None  # None: systemd could not be asked (see Report.bus_error)
     gpu_bytes: int | None  # GPU memory its processes hold; None: no NVML
 
     def to_json(self) -> UnitStatusJson:
@@ -111,7 +112,7 @@ class Report:
 def collect(manifest: Manifest, root: Path, *, gpu_memory: GpuMemory | None = None) -> Report:
     """Everything `status` shows. D-Bus and NVML failures are recorded, not raised."""
     all_units = list(dict.fromkeys(u for m in manifest.models.values() for u in m.units))
-    states: dict[str, systemd.UnitState] = {}
+    states: dict[str, UnitState] = {}
     bus_error = None
     if all_units:
         try:
@@ -168,7 +169,7 @@ def _opt_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _unit_gpu_bytes(state: systemd.UnitState | None, memory: Mapping[int, int] | None
+def _unit_gpu_bytes(state: UnitState | None, memory: Mapping[int, int] | None
                     ) -> int | None:
     if memory is None:
         return None

@@ -20,7 +20,8 @@ from model_pull.errors import ExitCode, ModelPullError
 from model_pull.manifest import DeclaredModel, Manifest
 from model_pull.progress import Progress
 from model_pull.store import StateRoot
-from model_pull.systemd import UnitOutcome, restart_waiting_units
+from model_pull.systemd import restart_waiting_units
+from model_pull.units import UnitOutcome
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from container import SystemdContainer
 
-from model_pull import systemd
+from model_pull import journal, systemd, units
 from model_pull.errors import ExitCode, ModelPullError
 
 pytestmark = pytest.mark.systemd
@@ -52,7 +52,7 @@ def test_waiting_unit_is_started_once_its_model_exists(bus: SystemdContainer, tm
     (still,) = systemd.restart_waiting_units(["model-a.service"])
     assert still.waiting and not still.failed
     with pytest.raises(ModelPullError) as err:
-        systemd.raise_for_failed([still])
+        units.raise_for_failed([still])
     assert err.value.code is ExitCode.UNIT_FAILED
     assert str(ready) in str(err.value)
 
@@ -64,7 +64,7 @@ def test_waiting_unit_is_started_once_its_model_exists(bus: SystemdContainer, tm
     assert outcome.condition_result is True
     assert outcome.job_result == "done"
     assert not outcome.failed and not outcome.waiting
-    systemd.raise_for_failed([outcome])  # nothing to raise
+    units.raise_for_failed([outcome])  # nothing to raise
     assert bus.run(["systemctl", "is-active", "model-a.service"]).stdout.strip() == "active"
 
     after = systemd.unit_states(["model-a.service"])["model-a.service"]
@@ -101,7 +101,7 @@ def test_only_running_or_enabled_units_are_touched(bus: SystemdContainer, tmp_pa
     assert manual.active_state == "active"
     new_pid = int(bus.unit_property("manual.service", "MainPID"))
     assert new_pid not in (0, old_pid)  # restarted: a new process loads the new entry
-    systemd.raise_for_failed([off, dep_only, manual, missing])
+    units.raise_for_failed([off, dep_only, manual, missing])
 
 
 @pytest.mark.parametrize("restart_policy", ["", "Restart=on-failure\nRestartSec=30"])
@@ -128,7 +128,7 @@ def test_unit_that_fails_is_reported_with_its_journal(
     # only this restart's lines: the first start's failure is not reported again
     assert not any("start 1:" in line for line in outcome.journal), outcome.journal
     with pytest.raises(ModelPullError) as err:
-        systemd.raise_for_failed([outcome])
+        units.raise_for_failed([outcome])
     assert err.value.code is ExitCode.UNIT_FAILED
     assert "broken.service failed to start (exit-code, status 3)" in str(err.value)
     assert "wrong shape" in err.value.message  # the server's own words, not systemd's
@@ -143,8 +143,9 @@ def test_no_bus_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         with pytest.raises(ModelPullError) as err:
             call()
         assert err.value.code is ExitCode.NO_BUS
-        assert "cannot reach systemd on the system bus" in err.value.message
-        assert err.value.hint is not None and "sudo model-pull" in err.value.hint
+        assert err.value.message == ("cannot reach systemd on the system bus: no socket at "
+                                     f"{tmp_path}/no-such-socket")
+        assert err.value.hint is not None and "is D-Bus running?" in err.value.hint
 
 
 def test_not_root_is_no_bus_with_the_sudo_hint(container: SystemdContainer, tmp_path: Path):
@@ -177,11 +178,11 @@ def test_not_root_is_no_bus_with_the_sudo_hint(container: SystemdContainer, tmp_
 
 
 def test_journal_root_follows_the_bus_address():
-    assert systemd.journal_root("unix:path=/run/dbus/system_bus_socket") == "/"
-    assert systemd.journal_root("unix:path=/var/run/dbus/system_bus_socket") == "/"
-    assert systemd.journal_root(
+    assert journal.journal_root("unix:path=/run/dbus/system_bus_socket") == "/"
+    assert journal.journal_root("unix:path=/var/run/dbus/system_bus_socket") == "/"
+    assert journal.journal_root(
         "unix:path=/proc/42/root/run/dbus/system_bus_socket") == "/proc/42/root"
-    assert systemd.journal_root("tcp:host=10.0.0.1,port=5555") is None
+    assert journal.journal_root("tcp:host=10.0.0.1,port=5555") is None
 
 
 def test_container_does_not_leak(make_container):
@@ -220,7 +221,7 @@ def test_slow_start_is_reported_as_still_starting(bus: SystemdContainer, tmp_pat
     assert outcome.timed_out and not outcome.failed
     assert (outcome.active_state, outcome.sub_state) == ("activating", "start")
     assert outcome.describe() == "still starting (activating/start)"
-    systemd.raise_for_failed([outcome])
+    units.raise_for_failed([outcome])
 
 
 def test_every_new_entry_gets_a_fresh_start_budget(bus: SystemdContainer, tmp_path: Path):
