@@ -53,8 +53,8 @@ def test_vllm_fp8_kv_and_bad_names():
     assert err.value.code is ExitCode.USAGE
 
 
-def test_seed_003_parallel_4_multiplies_kv_by_4_and_does_not_fit_32gb():
-    # Seed 003: a 27B Q4 GGUF (~16 GiB) on an RTX 5090 (32 GB) with a big context.
+def test_parallel_4_multiplies_kv_by_4_and_does_not_fit_32gb():
+    # A 27B Q4 GGUF (~16 GiB) on an RTX 5090 (32 GB) with a big context.
     arch = Architecture(layers=64, kv_heads=4, head_dim=256, value_dim=256, max_context=262144)
     avail = 32 * GIB
     common = dict(context=65536, kv_per_element=18 / 32, kv_dtype="q4_0", model_max_context=262144)

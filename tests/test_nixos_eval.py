@@ -87,7 +87,7 @@ def test_hosts_evaluate_without_failed_assertions(golden: dict[str, Any]) -> Non
         assert data["assertions"] == [], host
 
 
-def test_rtx5090_llama_server_follows_seed_003(golden: dict[str, Any]) -> None:
+def test_rtx5090_llama_server_runs_a_27b_gguf_with_a_draft(golden: dict[str, Any]) -> None:
     host = golden["hosts"]["rtx5090-workstation"]
     unit = host["units"]["llama-server-main.service"]
     main = "/var/lib/inference/models/qwopus-27b/share/models/gguf/Qwopus3.6-27B-v1-preview-Q4_K_M.gguf"

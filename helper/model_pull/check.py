@@ -191,7 +191,7 @@ def preflight(
     q = meta.quantization
     kv_name, kv_elem = fit.kv_bytes_per_element(rt, kv_cache_dtype)
     if kv_cache_dtype is None and rt is Runtime.TRTLLM and q.kv_cache == "fp8":
-        kv_name, kv_elem = "fp8", 1.0  # the checkpoint's kv_cache_quant_algo (seed 001)
+        kv_name, kv_elem = "fp8", 1.0  # hf_quant_config.json's kv_cache_quant_algo
     n_par = parallel if parallel is not None else mem.default_parallel
     if n_par < 1 or (context is not None and context < 1):
         raise ModelPullError(ExitCode.USAGE, "--context and --parallel must be at least 1")
@@ -215,8 +215,8 @@ def preflight(
         notes.append("a quantized V cache needs flash attention in llama-server (-fa on)")
     if q.kv_cache and rt in compat.VLLM_KERNELS and kv_cache_dtype is None:
         notes.append(f"the checkpoint declares a {q.kv_cache} KV cache; planned at {kv_name} "
-                     "(seed 002: vLLM/SGLang serve modelopt models without it unless "
-                     "--kv-cache-dtype fp8)")
+                     "(vLLM and SGLang serve modelopt checkpoints without it unless "
+                     f"--kv-cache-dtype fp8: {compat.MODELOPT_DEPLOY})")
     notes.append(f"overhead {gib(mem.overhead)}: {mem.overhead_source}; "
                  f"memory share {mem.fraction:g}: {mem.fraction_source}")
 
@@ -231,8 +231,8 @@ def preflight(
             c = compat.code_sm(g.sm, tuple(package_arches), forward_compat)
             build = c.how
             if c.sm is None:
-                verdicts.append(_verdict(g, Support.UNSUPPORTED, c.how, "seed 004", build, meta, rt,
-                                         ctx, n_par, kv_elem, kv_name, model_max))
+                verdicts.append(_verdict(g, Support.UNSUPPORTED, c.how, compat.CUDA_GUIDE, build,
+                                         meta, rt, ctx, n_par, kv_elem, kv_name, model_max))
                 reasons.append(f"{label}: unsupported: {c.how}")
                 continue
             code_sm = c.sm

@@ -1,7 +1,8 @@
 """A Hugging Face Hub-compatible HTTP server for loopback: tests, the demo, local mirrors.
 
 Stdlib only (``http.server.ThreadingHTTPServer``, HTTP/1.1 keep-alive). It serves the endpoints
-the real ``huggingface_hub`` client uses (see /work/shared/notes/hub-api.md):
+the real ``huggingface_hub`` client uses (the Hub's HTTP API, https://huggingface.co/docs/hub/api,
+as huggingface_hub 2.x calls it):
 
 - ``GET /api/models/{org}/{name}[/revision/{rev}][?blobs=true]`` -> model info (id, sha, siblings)
 - ``GET /api/models/{org}/{name}/tree/{rev}[/{path}]?recursive=...`` -> listing, paginated with

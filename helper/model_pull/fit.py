@@ -130,7 +130,7 @@ RUNTIME_MEMORY: dict[Runtime, RuntimeMemory] = {
     Runtime.LLAMA_SERVER: RuntimeMemory(
         1.0, "llama-server allocates what it needs, no fraction (-ngl 99: all layers on the GPU)",
         int(0.75 * GIB), "CUDA context + compute buffers at the default batch sizes (estimate)",
-        "f16", 4),  # seed 003: the server's default --parallel is 4
+        "f16", 4),  # llama-server's default --parallel (-np) is 4 slots
     Runtime.VLLM: RuntimeMemory(
         0.9, "vLLM gpu_memory_utilization default 0.9", 2 * GIB,
         "CUDA context + profiling-run activations + CUDA graphs (estimate)", "auto", 1),

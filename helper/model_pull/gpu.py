@@ -70,10 +70,9 @@ class KnownGpu:
     total_mib: int
 
 
-# Known cards for `--gpu NAME`. SM from NVIDIA's CUDA GPU list (developer.nvidia.com/cuda-gpus) and
-# the seeds' tables (000, 004). Memory is the total NVML reports for the card (MiB, approximately),
-# which is a little less than the marketed "GB". Seed 004 lists L40S under SM90; NVIDIA and seed 000
-# say Ada, SM89 - we follow NVIDIA.
+# Known cards for `--gpu NAME`. SM from NVIDIA's CUDA GPU list (https://developer.nvidia.com/cuda-gpus;
+# the L40S is Ada, SM89). Memory is the total NVML reports for the card (MiB, approximately),
+# which is a little less than the marketed "GB".
 KNOWN_GPUS: tuple[KnownGpu, ...] = (
     KnownGpu("Tesla V100", Sm(7, 0), 16_384),
     KnownGpu("Tesla T4", Sm(7, 5), 15_360),

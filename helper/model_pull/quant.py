@@ -78,8 +78,9 @@ _DTYPES = {
     "float32": Scheme.F32, "fp32": Scheme.F32, "float": Scheme.F32,
 }
 
-# modelopt quant_algo -> (scheme, weight bits, activation bits). Seed 002 lists the export formats;
-# seed 001 gives the bits of each algorithm.
+# modelopt quant_algo -> (scheme, weight bits, activation bits): the formats and bits of NVIDIA
+# Model Optimizer's support matrix
+# (https://nvidia.github.io/TensorRT-Model-Optimizer/guides/0_support_matrix.html).
 _MODELOPT: dict[str, tuple[Scheme, int, int | None]] = {
     "FP8": (Scheme.FP8, 8, 8),
     "FP8_PB": (Scheme.FP8, 8, 8),  # per-block scaling

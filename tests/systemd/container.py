@@ -7,7 +7,7 @@ The machine these tests run on has no systemd as PID 1 and no system bus, so eac
         ct.run(["systemctl", "start", "demo.service"])
         env = {"DBUS_SYSTEM_BUS_ADDRESS": ct.bus_address}   # host-side clients reach its bus
 
-It follows /work/shared/notes/nspawn-recipe.sh (known to work on these machines):
+It follows a recipe known to work on machines without systemd as PID 1:
 
 - `systemd-nspawn -D / --volatile=yes --boot`: the host's /usr read-only on a tmpfs root, so
   nothing the container's systemd does (tmpfiles, presets) can touch the host. Never boot
