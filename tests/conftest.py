@@ -6,8 +6,9 @@ imported, so this module sets them at import time and starts the DevHub server i
 
 Fixtures (keep this file generic; feature-specific fixtures live in their own test files):
 
-- ``devhub`` (session): :class:`DevHubServer` with ``.hub`` (model_pull.devhub.DevHub), ``.url``.
-  ``HF_ENDPOINT`` already points at it for in-process calls and subprocesses alike.
+- ``devhub`` (session): :class:`DevHubServer` with ``.hub`` (loopback_hub.TestHub: the package's
+  DevHub with fault injection and request recording) and ``.url``: THE loopback Hub of the test
+  session. ``HF_ENDPOINT`` already points at it for in-process calls and subprocesses alike.
 - ``hub_repos`` (session): :class:`HubRepos`, the standard repos (see its fields).
 - ``new_repo`` (function): ``new_repo(files, **add_repo_kwargs) -> HubRepo`` under a fresh,
   unique repo id, for tests that inject faults or move branches.
@@ -53,8 +54,9 @@ os.environ.update(
     }
 )
 
+from loopback_hub import TestHub  # noqa: E402
 from model_pull import tinymodels  # noqa: E402
-from model_pull.devhub import DevHub, ServerHandle  # noqa: E402
+from model_pull.devhub import ServerHandle  # noqa: E402
 
 GATED_TOKEN = "hf_test_token_123"  # a test token, accepted by the loopback server only
 MISSING_REVISION = "no-such-revision"
@@ -66,7 +68,7 @@ UNSAFE_NAMES = ("/etc/passwd", "../x", "a/../../b", "nul\0name.txt", "back\\slas
 class DevHubServer:
     """The session's loopback Hub."""
 
-    hub: DevHub
+    hub: TestHub
     handle: ServerHandle
 
     @property
@@ -79,7 +81,7 @@ _SERVER: DevHubServer | None = None
 
 def pytest_configure(config: pytest.Config) -> None:
     global _SERVER
-    hub = DevHub(_SESSION_DIR / "devhub")
+    hub = TestHub(_SESSION_DIR / "devhub")
     _SERVER = DevHubServer(hub, hub.serve("127.0.0.1", 0))
     os.environ["HF_ENDPOINT"] = _SERVER.url
 
@@ -133,7 +135,7 @@ def devhub() -> DevHubServer:
 
 
 def _add(
-    hub: DevHub, repo: str, files: Mapping[str, bytes], *, branch: str = "main", **kw: object
+    hub: TestHub, repo: str, files: Mapping[str, bytes], *, branch: str = "main", **kw: object
 ) -> HubRepo:
     commit = hub.add_repo(repo, files, branch=branch, **kw)  # type: ignore[arg-type]
     token = kw.get("tokens", (None,))[0] if kw.get("gated") else None  # type: ignore[index]
@@ -228,7 +230,8 @@ class ModelPull:
 
 
 @pytest.fixture
-def model_pull(devhub: DevHubServer, tmp_path: Path) -> ModelPull:
+def model_pull(devhub: DevHubServer, hub_repos: HubRepos, tmp_path: Path) -> ModelPull:
+    """(The standard repos are there: `hub_repos`.)"""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MODEL_PULL"))}
     env.update(
         HF_ENDPOINT=devhub.url,

@@ -7,6 +7,7 @@ huggingface_hub's and transformers' own code; config.pbtxt is parsed with triton
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,44 +21,31 @@ from pathlib import Path
 
 import pytest
 
-from model_pull.devhub import DevHub
+from loopback_hub import TestHub
 from model_pull.hashing import CHUNK
-from model_pull.tinymodels import tiny_llama_files, write_tiny_gguf
+from model_pull.tinymodels import tiny_llama_files
 
 MODEL_PULL = [sys.executable, "-m", "model_pull"]
 TOKEN = "hf_secret_token_for_tests_42"
-NIX_ENV = {"NIX_CONFIG": "experimental-features = nix-command"}
 
 needs_nix = pytest.mark.skipif(shutil.which("nix-store") is None, reason="nix-bin not installed")
 
 
 @dataclass
 class Hub:
-    hub: DevHub
-    url: str
-    data: Path
+    hub: TestHub  # the session's loopback Hub (conftest.py)
     llama: str  # commit of tiny-org/tiny-llama main
-    gguf: str
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory):
-    data = tmp_path_factory.mktemp("hubdata")
-    dh = DevHub(data / "hub")
-    llama = dh.add_repo("tiny-org/tiny-llama", tiny_llama_files(seed=1))
-    gguf_file = write_tiny_gguf(data / "tiny.gguf", seed=1)
-    gguf = dh.add_repo("tiny-org/tiny-gguf", {"tiny.gguf": gguf_file, "README.md": b"# tiny\n"})
-    dh.add_repo("gated/tiny", tiny_llama_files(seed=2), gated=True, tokens=["hf_test_token_123"])
-    with dh.serve() as handle:
-        yield Hub(dh, handle.url, data, llama, gguf)
+    gguf: bytes  # tiny-org/tiny-gguf's tiny.gguf
 
 
 @pytest.fixture
-def env(hub: Hub, tmp_path: Path) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MODEL_PULL"))}
-    e.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(tmp_path / "hfhome"),
-             NIX_STATE_DIR=str(tmp_path / "nixstate"), **NIX_ENV)
-    return e
+def hub(devhub, hub_repos) -> Hub:
+    return Hub(devhub.hub, hub_repos.tiny_llama.commit, hub_repos.tiny_gguf.files["tiny.gguf"])
+
+
+@pytest.fixture
+def env(model_pull) -> dict[str, str]:
+    return model_pull.env
 
 
 def mp(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -221,7 +209,7 @@ def test_package_of_an_hf_cache_tree_equals_fetch(hub, env, tmp_path):
     # and a plain directory with the same files, given the repo and revision
     plain = tmp_path / "plain"
     plain.mkdir()
-    for name, data in tiny_llama_files(seed=1).items():
+    for name, data in tiny_llama_files(seed=0).items():
         (plain / name).write_bytes(data)
     packaged2 = json.loads(mp(env, "package", str(plain), "--repo", "tiny-org/tiny-llama",
                               "--revision", hub.llama, "--name", "tiny-llama",
@@ -233,9 +221,8 @@ def test_package_of_an_hf_cache_tree_equals_fetch(hub, env, tmp_path):
 def test_gguf_single_and_hf_layouts(hub, env, tmp_path):
     root = tmp_path / "root"
     g = fetch_json(env, root, "tiny-org/tiny-gguf", "--layout", "gguf")
-    assert [f["path"] for f in g["files"]] == ["tiny.gguf"]  # *.gguf by default
-    assert (Path(g["path"]) / "share/models/gguf/tiny.gguf").stat().st_size == \
-        (hub.data / "tiny.gguf").stat().st_size
+    assert [f["path"] for f in g["files"]] == ["tiny-draft.gguf", "tiny.gguf"]  # *.gguf
+    assert (Path(g["path"]) / "share/models/gguf/tiny.gguf").read_bytes() == hub.gguf
     s = fetch_json(env, root, "tiny-org/tiny-llama", "--layout", "single", "--name", "single",
                    "--triton-name", "tiny_single")
     tdir = Path(s["path"]) / "share/models/tiny_single"
@@ -243,14 +230,13 @@ def test_gguf_single_and_hf_layouts(hub, env, tmp_path):
     assert not (Path(s["path"]) / "share/models/hub").exists()
 
 
-def test_patch_tokenizer_for_sglang(hub, env, tmp_path):
+def test_patch_tokenizer_for_sglang(new_repo, env, tmp_path):
     files = tiny_llama_files(seed=3)
     cfg = json.loads(files["tokenizer_config.json"])
     cfg["tokenizer_class"] = "TokenizersBackend"
     files["tokenizer_config.json"] = json.dumps(cfg).encode()
-    hub.hub.add_repo("tiny-org/tokenizers-backend", files)
-    info = fetch_json(env, tmp_path / "root", "tiny-org/tokenizers-backend", "--layout", "hf",
-                      "--patch-tokenizer")
+    repo = new_repo(files)
+    info = fetch_json(env, tmp_path / "root", repo.repo, "--layout", "hf", "--patch-tokenizer")
     snap = next((Path(info["path"]) / "share/models/hub").glob("models--*/snapshots/*"))
     assert json.loads((snap / "tokenizer_config.json").read_text())["tokenizer_class"] == \
         "PreTrainedTokenizerFast"
@@ -310,25 +296,25 @@ def test_gated_repo_with_token_file_and_the_token_leaks_nowhere(env, tmp_path):
     assert "hf_test_token_123" not in good.stderr + good.stdout
 
 
-def test_corrupt_download_is_refused_and_the_old_entry_stays(hub, env, tmp_path):
+def test_corrupt_download_is_refused_and_the_old_entry_stays(hub, new_repo, env, tmp_path):
     root = tmp_path / "root"
     files = tiny_llama_files(seed=4)
-    hub.hub.add_repo("broken/flip", files)
-    first = fetch_json(env, root, "broken/flip")
+    flip = new_repo(files).repo
+    first = fetch_json(env, root, flip, "--name", "flip")
     before = snapshot(root)
     files2 = dict(files, **{"model.safetensors": files["model.safetensors"][:-8] + b"\x01" * 8})
-    hub.hub.add_repo("broken/flip", files2)
-    hub.hub.inject("broken/flip", "model.safetensors", corrupt=True)
+    hub.hub.add_repo(flip, files2)
+    hub.hub.inject(flip, "model.safetensors", corrupt=True)
     try:
-        p = mp(env, "fetch", "broken/flip", "--root", str(root), check=False)
+        p = mp(env, "fetch", flip, "--name", "flip", "--root", str(root), check=False)
     finally:
-        hub.hub.clear_faults("broken/flip")
+        hub.hub.clear_faults(flip)
     assert p.returncode == 14, p.stderr
     assert "model.safetensors" in p.stderr and "expected" in p.stderr and "got" in p.stderr
     assert snapshot(root) == before
     assert (root / "models/flip").resolve() == Path(first["path"])
     # the bad bytes were not kept: the next pull downloads again and succeeds
-    again = fetch_json(env, root, "broken/flip")
+    again = fetch_json(env, root, flip, "--name", "flip")
     assert again["narHash"] != first["narHash"]
 
 
@@ -376,34 +362,45 @@ def test_no_permission_says_sudo(env, tmp_path):
 # --- atomic and resumable ----------------------------------------------------------------------
 
 
-def test_kill_9_mid_download_changes_nothing_and_the_next_pull_resumes(hub, env, tmp_path):
+def partial_bytes(cache: Path) -> int:
+    """Bytes in the downloads under way. A file listed may be renamed (complete) before its size
+    is read: it is no longer partial, and counts for nothing."""
+    total = 0
+    for part in cache.glob("*.incomplete"):
+        with contextlib.suppress(FileNotFoundError):
+            total += part.stat().st_size
+    return total
+
+
+def test_kill_9_mid_download_changes_nothing_and_the_next_pull_resumes(hub, new_repo, env,
+                                                                       tmp_path):
     root = tmp_path / "root"
     base = tiny_llama_files(seed=5)
-    hub.hub.add_repo("tiny-org/resume", base)
-    first = fetch_json(env, root, "tiny-org/resume")
+    resume = new_repo(base).repo
+    first = fetch_json(env, root, resume, "--name", "resume")
     before = snapshot(root)
     # huggingface_hub writes in 10 MiB chunks: kill once more than one chunk has arrived.
     big = os.urandom(24 << 20)
-    hub.hub.add_repo("tiny-org/resume", dict(base, **{"extra.safetensors": big}))
-    hub.hub.inject("tiny-org/resume", "extra.safetensors", throttle_bps=12 << 20)
+    hub.hub.add_repo(resume, dict(base, **{"extra.safetensors": big}))
+    hub.hub.inject(resume, "extra.safetensors", throttle_bps=12 << 20)
     hub.hub.reset_counters()
-    proc = subprocess.Popen([*MODEL_PULL, "fetch", "tiny-org/resume", "--root", str(root)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*MODEL_PULL, "fetch", resume, "--name", "resume", "--root",
+                             str(root)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
-    partial = root / "cache/models--tiny-org--resume"
-    while sum(p.stat().st_size for p in partial.glob("*.incomplete")) < (10 << 20):
+    partial = root / "cache" / ("models--" + resume.replace("/", "--"))
+    while partial_bytes(partial) < (10 << 20):
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert snapshot(root) == before
     assert (root / "models/resume").resolve() == Path(first["path"])
-    hub.hub.clear_faults("tiny-org/resume")
-    served_before = hub.hub.bytes_served("tiny-org/resume", "extra.safetensors")
-    second = fetch_json(env, root, "tiny-org/resume")
-    served_after = hub.hub.bytes_served("tiny-org/resume", "extra.safetensors")
+    hub.hub.clear_faults(resume)
+    served_before = hub.hub.bytes_served(resume, "extra.safetensors")
+    second = fetch_json(env, root, resume, "--name", "resume")
+    served_after = hub.hub.bytes_served(resume, "extra.safetensors")
     assert served_after - served_before < len(big)  # resumed: the first bytes were not resent
-    assert any(r.range for r in hub.hub.requests("tiny-org/resume", "extra.safetensors")
+    assert any(r.range for r in hub.hub.requests(resume, "extra.safetensors")
                if r.method == "GET")
     assert second["previous"] == first["path"]
     assert (root / "models/resume").resolve() == Path(second["path"])
@@ -431,13 +428,13 @@ def test_one_pull_at_a_time(env, tmp_path):
 # --- life cycle: list, verify, rollback, gc ----------------------------------------------------
 
 
-def test_verify_rollback_gc(hub, env, tmp_path):
+def test_verify_rollback_gc(hub, new_repo, env, tmp_path):
     root = tmp_path / "root"
     files = tiny_llama_files(seed=6)
-    hub.hub.add_repo("tiny-org/cycle", files)
-    one = fetch_json(env, root, "tiny-org/cycle")
-    hub.hub.add_repo("tiny-org/cycle", dict(files, **{"README.md": b"v2\n"}))
-    two = fetch_json(env, root, "tiny-org/cycle")
+    cycle = new_repo(files).repo
+    one = fetch_json(env, root, cycle, "--name", "cycle")
+    hub.hub.add_repo(cycle, dict(files, **{"README.md": b"v2\n"}))
+    two = fetch_json(env, root, cycle, "--name", "cycle")
     assert one["revision"] != two["revision"] and two["previous"] == one["path"]
     listed = json.loads(mp(env, "list", "--root", str(root), "--json").stdout)["models"]
     assert [(m["name"], m["revision"], m["narHash"]) for m in listed] == \
@@ -450,8 +447,8 @@ def test_verify_rollback_gc(hub, env, tmp_path):
     assert two["path"] in removed and not Path(two["path"]).exists()
     assert Path(one["path"]).exists()
     # corrupt the live entry: verify names the file and fails with its own code
-    victim = Path(one["path"]) / f"share/models/hub/models--tiny-org--cycle/snapshots/" \
-        f"{one['revision']}/config.json"
+    victim = Path(one["path"]) / "share/models/hub" / ("models--" + cycle.replace("/", "--")) / \
+        "snapshots" / one["revision"] / "config.json"
     victim.chmod(0o644)
     victim.write_text('{"tampered": true}')
     bad = mp(env, "verify", "--root", str(root), check=False)
@@ -476,23 +473,24 @@ def test_piped_output_has_no_progress_bars(env, tmp_path):
 # --- the GPU check before any weight is downloaded -------------------------------------------
 
 
-def test_fetch_refuses_a_model_the_gpu_cannot_run_before_downloading(hub, env, tmp_path):
+def test_fetch_refuses_a_model_the_gpu_cannot_run_before_downloading(hub, new_repo, env,
+                                                                      tmp_path):
     files = tiny_llama_files(seed=8)
     files["hf_quant_config.json"] = json.dumps({
         "producer": {"name": "modelopt", "version": "0.35.0"},
         "quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": "FP8",
                          "group_size": 16}}).encode()
-    hub.hub.add_repo("nvidia/tiny-nvfp4", files)
+    nvfp4 = new_repo(files).repo
     hub.hub.reset_counters()
     root = tmp_path / "root"
-    p = mp(env, "fetch", "nvidia/tiny-nvfp4", "--gpu", "L4", "--root", str(root), check=False)
+    p = mp(env, "fetch", nvfp4, "--gpu", "L4", "--root", str(root), check=False)
     assert p.returncode == 31, p.stderr
     assert "NVFP4" in error_lines(p.stderr)[0] and "--force" in p.stderr
-    assert hub.hub.bytes_served("nvidia/tiny-nvfp4", "model.safetensors") == 0
+    assert hub.hub.bytes_served(nvfp4, "model.safetensors") == 0
     assert snapshot(root) == {}
-    ok = mp(env, "fetch", "nvidia/tiny-nvfp4", "--gpu", "RTX 5090", "--root", str(root))
+    ok = mp(env, "fetch", nvfp4, "--gpu", "RTX 5090", "--root", str(root))
     assert "installed" in ok.stdout
-    forced = mp(env, "fetch", "nvidia/tiny-nvfp4", "--gpu", "L4", "--force", "--name", "forced",
+    forced = mp(env, "fetch", nvfp4, "--gpu", "L4", "--force", "--name", "forced",
                 "--root", str(root))
     assert "installed" in forced.stdout and "--force" in forced.stderr
 
