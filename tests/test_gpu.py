@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from machine import nvidia_driver
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.gpu import GIB, Sm, parse_size, parse_spec, read_nvml
 
@@ -48,17 +49,7 @@ def test_sm_parse_and_order():
     assert Sm.parse("sm_100") == Sm(10, 0) and Sm.parse("8.9") < Sm.parse("9.0") < Sm(12, 0)
 
 
-def _has_driver() -> bool:
-    import pynvml
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return False
-    pynvml.nvmlShutdown()
-    return True
-
-
-@pytest.mark.skipif(_has_driver(), reason="this machine has an NVIDIA driver")
+@pytest.mark.skipif(nvidia_driver(), reason="this machine has an NVIDIA driver")
 def test_without_driver_nvml_says_so_plainly():
     # The REAL pynvml: nvmlInit raises NVMLError_LibraryNotFound here (no libnvidia-ml.so.1).
     reading = read_nvml()
@@ -67,7 +58,7 @@ def test_without_driver_nvml_says_so_plainly():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _has_driver(), reason="needs an NVIDIA driver and GPU")
+@pytest.mark.skipif(not nvidia_driver(), reason="needs an NVIDIA driver and GPU")
 def test_reads_the_real_device():
     reading = read_nvml()
     assert reading.problem is None and reading.gpus
