@@ -179,7 +179,7 @@ def new_repo(devhub: DevHubServer, request: pytest.FixtureRequest) -> Callable[.
     """``new_repo(files, **add_repo_kwargs)``: a repo under a fresh id (``scratch/<test>-<n>``)."""
     base = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60].strip("-")
 
-    def make(files: Mapping[str, bytes], **kw: object) -> HubRepo:
+    def make(files: Mapping[str, bytes], **kw: Any) -> HubRepo:
         repo = f"scratch/{base}-{next(_REPO_COUNTER)}"
         return _add(devhub.hub, repo, files, **kw)
 

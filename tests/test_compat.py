@@ -5,14 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from model_pull.compat import (
-    TABLE,
-    PackageArch,
-    Runtime,
-    Support,
-    code_sm,
-    decide,
-)
+from model_pull.compat import TABLE, PackageArch, Support, code_sm, decide
+from model_pull.datamodel import Runtime
 from model_pull.gpu import Sm
 from model_pull.quant import Method, Scheme
 
@@ -21,7 +15,7 @@ SMS = ["7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "12.0"]
 
 # vLLM's supported-hardware and FP8 pages, Transformer Engine (BF16) and Model Optimizer (NVFP4),
 # read row by row (FP8 W8A8 / AWQ / GPTQ / INT8 / FP16 / BF16 / NVFP4).
-HARDWARE = {
+HARDWARE: dict[tuple[Method, Scheme, str], list[Support]] = {
     (Method.FP8, Scheme.FP8, "fp8"): [E, E, E, N, N, N, N],
     (Method.AWQ, Scheme.INT4, "awq"): [N, N, N, N, N, N, N],
     (Method.GPTQ, Scheme.INT4, "gptq"): [N, N, N, N, N, N, N],
@@ -35,7 +29,8 @@ HARDWARE = {
 @pytest.mark.parametrize("key", list(HARDWARE), ids=[k[2] for k in HARDWARE])
 @pytest.mark.parametrize("runtime", [Runtime.VLLM, Runtime.SGLANG, Runtime.TRITON])
 def test_hardware_table_for_vllm_kernels(key, runtime):
-    got = [decide(runtime, *key, Sm.parse(s)).support for s in SMS]
+    method, scheme, algo = key
+    got = [decide(runtime, method, scheme, algo, Sm.parse(s)).support for s in SMS]
     assert got == HARDWARE[key]
 
 

@@ -18,12 +18,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from loopback_hub import TestHub
 from model_pull.hashing import CHUNK
 from model_pull.tinymodels import tiny_llama_files
+
+if TYPE_CHECKING:
+    from conftest import ModelPull
 
 MODEL_PULL = [sys.executable, "-m", "model_pull"]
 TOKEN = "hf_secret_token_for_tests_42"
@@ -44,7 +48,7 @@ def hub(devhub, hub_repos) -> Hub:
 
 
 @pytest.fixture
-def env(model_pull) -> dict[str, str]:
+def env(model_pull: ModelPull) -> dict[str, str]:
     return model_pull.env
 
 
@@ -59,8 +63,9 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error: ")]
 
 
-def fetch_json(env: dict[str, str], root: Path, *args: str) -> dict:
-    return json.loads(mp(env, "fetch", *args, "--root", str(root), "--json").stdout)
+def fetch_json(env: dict[str, str], root: Path, *args: str) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(mp(env, "fetch", *args, "--root", str(root), "--json").stdout)
+    return out
 
 
 def snapshot(root: Path) -> dict[str, str]:

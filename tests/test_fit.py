@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gguf
 import pytest
 
@@ -57,7 +59,8 @@ def test_parallel_4_multiplies_kv_by_4_and_does_not_fit_32gb():
     # A 27B Q4 GGUF (~16 GiB) on an RTX 5090 (32 GB) with a big context.
     arch = Architecture(layers=64, kv_heads=4, head_dim=256, value_dim=256, max_context=262144)
     avail = 32 * GIB
-    common = dict(context=65536, kv_per_element=18 / 32, kv_dtype="q4_0", model_max_context=262144)
+    common: dict[str, Any] = dict(context=65536, kv_per_element=18 / 32, kv_dtype="q4_0",
+                                  model_max_context=262144)
     one = estimate(arch, 16 * GIB, Runtime.LLAMA_SERVER, avail, parallel=1, **common)
     four = estimate(arch, 16 * GIB, Runtime.LLAMA_SERVER, avail, parallel=4, **common)
     assert four.kv_cache == 4 * one.kv_cache
@@ -67,6 +70,7 @@ def test_parallel_4_multiplies_kv_by_4_and_does_not_fit_32gb():
 
 def test_max_context_is_the_largest_that_fits():
     arch = Architecture.from_hf_config(LLAMA_8B)
+    assert arch is not None
     f = estimate(arch, 8 * GIB, Runtime.VLLM, 20 * GIB, context=131072, parallel=1,
                  kv_per_element=2.0, kv_dtype="auto", model_max_context=131072)
     per_token = arch.kv_elements(1) * 2

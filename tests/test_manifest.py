@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,10 +67,10 @@ def test_optional_keys_default_and_env_names_the_file(tmp_path: Path,
     assert m.models["x"].units == () and m.units == {}
 
 
-def mutate(path: str | tuple[str, ...], value: object) -> dict:
+def mutate(path: str | tuple[str, ...], value: object) -> dict[str, Any]:
     data = copy.deepcopy(DOCUMENTED)
     *parents, last = path.split(".") if isinstance(path, str) else path
-    target = data
+    target: Any = data
     for key in parents:
         target = target[key]
     if value is KeyError:

@@ -9,10 +9,14 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from model_pull.tinymodels import DRAFT_GGUF_SHAPE, tiny_llama_files, write_tiny_gguf
+
+if TYPE_CHECKING:
+    from conftest import ModelPull
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +33,8 @@ def served(devhub, tmp_path_factory):
     }
 
 
-def manifest(path: Path, root: Path, models: dict) -> Path:
-    data = {"version": 1, "root": str(root), "endpoint": None, "tokenFile": None,
+def manifest(path: Path, root: Path, models: dict[str, tuple[Any, ...]]) -> Path:
+    data: dict[str, Any] = {"version": 1, "root": str(root), "endpoint": None, "tokenFile": None,
             "models": {}, "units": {"llama-server-main.service": {
                 "runtime": "llama-server", "models": list(models),
                 "cudaCapabilities": ["12.0"]}}}
@@ -43,7 +47,7 @@ def manifest(path: Path, root: Path, models: dict) -> Path:
     return path
 
 
-def run(model_pull, mpath: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run(model_pull: ModelPull, mpath: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return model_pull.run(*args, env={
         "MODEL_PULL_MANIFEST": str(mpath),
         "DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent/system_bus_socket"})
