@@ -9,6 +9,7 @@ scripts/setup.sh
 LLAMA_SERVER=$(scripts/build-llama-server.sh)
 export LLAMA_SERVER
 .venv/bin/ruff check helper tests bench
+.venv/bin/ruff format --check helper tests bench
 .venv/bin/mypy  # helper/model_pull, strict (pyproject.toml)
 # The tests and benchmarks are type-checked too; test functions may go unannotated. Two runs:
 # tests/ and tests/systemd/ each have a conftest.py, which one run cannot hold.

@@ -206,14 +206,21 @@ class ModelPull:
 
     env: dict[str, str]
 
-    def run(self, *args: str, env: Mapping[str, str] | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "model_pull", *args],
-                              env={**self.env, **(env or {})}, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+    def run(
+        self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "model_pull", *args],
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
-    def ok(self, *args: str,
-           env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def ok(
+        self, *args: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         p = self.run(*args, env=env)
         assert p.returncode == 0, f"model-pull {' '.join(args)} -> {p.returncode}\n{p.stderr}"
         return p

@@ -54,8 +54,14 @@ class TestHub(DevHub):
 
     # ---- repos with unsafe names -----------------------------------------------------------
 
-    def add_repo(self, repo_id: str, files: Mapping[str, bytes | Path], *,
-                 allow_unsafe_names: bool = False, **kw: Any) -> str:
+    def add_repo(
+        self,
+        repo_id: str,
+        files: Mapping[str, bytes | Path],
+        *,
+        allow_unsafe_names: bool = False,
+        **kw: Any,
+    ) -> str:
         self._allow_unsafe = allow_unsafe_names
         try:
             return super().add_repo(repo_id, files, **kw)
@@ -79,8 +85,15 @@ class TestHub(DevHub):
             return []
         return [Fault(**f) for f in data]
 
-    def inject(self, repo_id: str, path: str | None = None, *, corrupt: bool = False,
-               throttle_bps: int | None = None, drop_after: int | None = None) -> None:
+    def inject(
+        self,
+        repo_id: str,
+        path: str | None = None,
+        *,
+        corrupt: bool = False,
+        throttle_bps: int | None = None,
+        drop_after: int | None = None,
+    ) -> None:
         """Make `path` (or every file of the repo, with path=None) misbehave; a new fault for
         the same path replaces the old one."""
         if self.get_repo(repo_id) is None:
@@ -101,8 +114,9 @@ class TestHub(DevHub):
 
     def fault_for(self, repo_id: str, path: str) -> Fault | None:
         faults = self.faults(repo_id)
-        return next((f for f in faults if f.path == path), None) or \
-            next((f for f in faults if f.path is None), None)
+        return next((f for f in faults if f.path == path), None) or next(
+            (f for f in faults if f.path is None), None
+        )
 
     # ---- what the server in this process was asked -------------------------------------------
 
@@ -122,8 +136,11 @@ class TestHub(DevHub):
         """Resolve requests seen so far (HEAD and GET), oldest first, optionally filtered."""
         with self._lock:
             records = list(self._records)
-        return [r for r in records
-                if (repo_id is None or r.repo_id == repo_id) and (path is None or r.path == path)]
+        return [
+            r
+            for r in records
+            if (repo_id is None or r.repo_id == repo_id) and (path is None or r.path == path)
+        ]
 
     def api_requests(self, repo_id: str | None = None) -> list[str]:
         """URL paths of the API requests seen so far (model info, tree listings), oldest

@@ -47,8 +47,10 @@ def test_torchao_fp8_needs_sm89_no_marlin_fallback():
 
 @pytest.mark.parametrize(("sm", "want"), [("8.6", X), ("8.9", N), ("9.0", N), ("10.0", N)])
 def test_w4a8_awq_needs_ada_on_trtllm(sm, want):
-    assert decide(Runtime.TRTLLM, Method.MODELOPT, Scheme.W4A8, "W4A8_AWQ", Sm.parse(sm)).support \
+    assert (
+        decide(Runtime.TRTLLM, Method.MODELOPT, Scheme.W4A8, "W4A8_AWQ", Sm.parse(sm)).support
         is want
+    )
 
 
 @pytest.mark.parametrize("algo", ["INT4_AWQ", "W4A8_AWQ", "NVFP4_AWQ", "INT8_SQ", "FP8_PB"])
@@ -68,11 +70,11 @@ def test_trtllm_fp8_before_ada_is_unsupported_not_emulated():
 
 def test_llama_server_refuses_safetensors_and_runs_gguf_everywhere():
     assert decide(Runtime.LLAMA_SERVER, Method.NONE, Scheme.BF16, "bf16", Sm(9, 0)).support is X
-    assert decide(Runtime.LLAMA_SERVER, Method.UNKNOWN, Scheme.UNKNOWN, "?", Sm(9, 0)).support \
-        is X
+    assert decide(Runtime.LLAMA_SERVER, Method.UNKNOWN, Scheme.UNKNOWN, "?", Sm(9, 0)).support is X
     for s in SMS:
-        assert decide(Runtime.LLAMA_SERVER, Method.GGUF, Scheme.GGUF, "Q4_0", Sm.parse(s)).support \
-            is N
+        assert (
+            decide(Runtime.LLAMA_SERVER, Method.GGUF, Scheme.GGUF, "Q4_0", Sm.parse(s)).support is N
+        )
 
 
 def test_unknown_quantization_and_missing_rows_are_unknown():
@@ -88,17 +90,20 @@ def test_every_row_names_its_public_source():
 A = PackageArch.parse
 
 
-@pytest.mark.parametrize(("gpu", "arches", "fwd", "code"), [
-    ("9.0", "9.0", True, "9.0"),            # exact cubin
-    ("8.6", "8.0", True, "8.0"),            # same major: sm_80 cubin runs on 8.6
-    ("8.9", "8.0,8.6", True, "8.6"),
-    ("12.0", "8.9,9.0", True, "9.0"),       # PTX compute_90 JIT on Blackwell
-    ("8.6", "8.9,9.0", True, None),         # PTX does not run downward
-    ("12.0", "8.9,9.0", False, None),       # no PTX without cudaForwardCompat
-    ("9.0", "9.0a", True, "9.0"),
-    ("10.3", "10.0f", True, "10.0"),        # family-specific
-    ("10.3", "10.0a", True, None),          # arch-specific: exact SM only, no PTX
-])
+@pytest.mark.parametrize(
+    ("gpu", "arches", "fwd", "code"),
+    [
+        ("9.0", "9.0", True, "9.0"),  # exact cubin
+        ("8.6", "8.0", True, "8.0"),  # same major: sm_80 cubin runs on 8.6
+        ("8.9", "8.0,8.6", True, "8.6"),
+        ("12.0", "8.9,9.0", True, "9.0"),  # PTX compute_90 JIT on Blackwell
+        ("8.6", "8.9,9.0", True, None),  # PTX does not run downward
+        ("12.0", "8.9,9.0", False, None),  # no PTX without cudaForwardCompat
+        ("9.0", "9.0a", True, "9.0"),
+        ("10.3", "10.0f", True, "10.0"),  # family-specific
+        ("10.3", "10.0a", True, None),  # arch-specific: exact SM only, no PTX
+    ],
+)
 def test_code_sm(gpu, arches, fwd, code):
     got = code_sm(Sm.parse(gpu), tuple(A(a) for a in arches.split(",")), fwd)
     assert got.sm == (Sm.parse(code) if code else None)

@@ -22,20 +22,41 @@ from pathlib import Path
 import pytest
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-TYPELIB_DIRS = sorted({str(Path(p).parent) for pattern in (
-    "/usr/lib/girepository-1.0/Gio-2.0.typelib", "/usr/lib/*/girepository-1.0/Gio-2.0.typelib",
-    "/usr/lib64/girepository-1.0/Gio-2.0.typelib") for p in glob.glob(pattern)})
+TYPELIB_DIRS = sorted(
+    {
+        str(Path(p).parent)
+        for pattern in (
+            "/usr/lib/girepository-1.0/Gio-2.0.typelib",
+            "/usr/lib/*/girepository-1.0/Gio-2.0.typelib",
+            "/usr/lib64/girepository-1.0/Gio-2.0.typelib",
+        )
+        for p in glob.glob(pattern)
+    }
+)
 
 
 @pytest.fixture
 def declared(tmp_path: Path) -> dict[str, str]:
     manifest = tmp_path / "models.json"
-    manifest.write_text(json.dumps({
-        "version": 1, "root": str(tmp_path / "root"),
-        "models": {"tiny": {"repo": "org/tiny", "revision": "main", "layout": "gguf",
-                            "units": ["llama-server-main.service"]}},
-        "units": {"llama-server-main.service": {"runtime": "llama-server",
-                                                "models": ["tiny"]}}}))
+    manifest.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "root": str(tmp_path / "root"),
+                "models": {
+                    "tiny": {
+                        "repo": "org/tiny",
+                        "revision": "main",
+                        "layout": "gguf",
+                        "units": ["llama-server-main.service"],
+                    }
+                },
+                "units": {
+                    "llama-server-main.service": {"runtime": "llama-server", "models": ["tiny"]}
+                },
+            }
+        )
+    )
     return {"MODEL_PULL_MANIFEST": str(manifest)}
 
 
@@ -55,9 +76,14 @@ def status_error(model_pull, env: dict[str, str], prefix: list[str] | None = Non
     if prefix:
         import subprocess
 
-        p = subprocess.run([*prefix, sys.executable, "-m", "model_pull", "status"],
-                           env={**model_pull.env, **env}, capture_output=True, text=True,
-                           check=False, timeout=60)
+        p = subprocess.run(
+            [*prefix, sys.executable, "-m", "model_pull", "status"],
+            env={**model_pull.env, **env},
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
     else:
         p = model_pull.run("status", env=env)
     assert p.returncode == 40, p.stderr
@@ -67,18 +93,24 @@ def status_error(model_pull, env: dict[str, str], prefix: list[str] | None = Non
 
 
 def test_no_socket(model_pull, declared, tmp_path):
-    line = status_error(model_pull, {**declared, "DBUS_SYSTEM_BUS_ADDRESS":
-                                     f"unix:path={tmp_path}/nothing-here"})
-    assert line == (f"error: cannot reach systemd on the system bus: no socket at "
-                    f"{tmp_path}/nothing-here (is D-Bus running? systemctl status dbus.socket; "
-                    "DBUS_SYSTEM_BUS_ADDRESS names another bus)")
+    line = status_error(
+        model_pull, {**declared, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={tmp_path}/nothing-here"}
+    )
+    assert line == (
+        f"error: cannot reach systemd on the system bus: no socket at "
+        f"{tmp_path}/nothing-here (is D-Bus running? systemctl status dbus.socket; "
+        "DBUS_SYSTEM_BUS_ADDRESS names another bus)"
+    )
 
 
 def test_nobody_listens(model_pull, declared, socket_file):
-    line = status_error(model_pull, {**declared,
-                                     "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={socket_file}"})
-    assert line.startswith(f"error: cannot reach systemd on the system bus: nothing answers at "
-                           f"{socket_file} (is D-Bus running?")
+    line = status_error(
+        model_pull, {**declared, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={socket_file}"}
+    )
+    assert line.startswith(
+        f"error: cannot reach systemd on the system bus: nothing answers at "
+        f"{socket_file} (is D-Bus running?"
+    )
 
 
 @needs_root
@@ -86,36 +118,51 @@ def test_nobody_listens(model_pull, declared, socket_file):
 def test_no_permission_on_the_socket(model_pull, declared, socket_file):
     socket_file.chmod(0)
     caps = "-dac_override,-dac_read_search,-fowner"
-    line = status_error(model_pull, {**declared,
-                                     "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={socket_file}"},
-                        prefix=["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"])
-    assert line == (f"error: cannot reach systemd on the system bus: permission denied on "
-                    f"{socket_file} (run as root: sudo model-pull ...)")
+    line = status_error(
+        model_pull,
+        {**declared, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={socket_file}"},
+        prefix=["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"],
+    )
+    assert line == (
+        f"error: cannot reach systemd on the system bus: permission denied on "
+        f"{socket_file} (run as root: sudo model-pull ...)"
+    )
 
 
 @needs_root
-@pytest.mark.skipif(not TYPELIB_DIRS or shutil.which("unshare") is None,
-                    reason="needs unshare and the system's GObject-introspection typelibs")
+@pytest.mark.skipif(
+    not TYPELIB_DIRS or shutil.which("unshare") is None,
+    reason="needs unshare and the system's GObject-introspection typelibs",
+)
 def test_no_gio_typelib(model_pull, declared):
     hide = " && ".join(f"mount -t tmpfs none {d}" for d in TYPELIB_DIRS)
-    line = status_error(model_pull, declared,
-                        prefix=["unshare", "-m", "sh", "-c", f'{hide} && exec "$0" "$@"'])
-    assert line == ("error: cannot use D-Bus: GLib's GObject-introspection data is missing "
-                    "(cannot import name Gio, introspection typelib not found) (set "
-                    "GI_TYPELIB_PATH to the directory holding Gio-2.0.typelib (since GLib 2.80 "
-                    "it comes with glib: <glib>/lib/girepository-1.0))")
+    line = status_error(
+        model_pull, declared, prefix=["unshare", "-m", "sh", "-c", f'{hide} && exec "$0" "$@"']
+    )
+    assert line == (
+        "error: cannot use D-Bus: GLib's GObject-introspection data is missing "
+        "(cannot import name Gio, introspection typelib not found) (set "
+        "GI_TYPELIB_PATH to the directory holding Gio-2.0.typelib (since GLib 2.80 "
+        "it comes with glib: <glib>/lib/girepository-1.0))"
+    )
 
 
 def test_no_pygobject(model_pull, declared):
     import subprocess
 
-    without_gi = ("import sys; sys.modules['gi'] = None; "
-                  "from model_pull.cli import main; main()")
-    p = subprocess.run([sys.executable, "-c", without_gi, "status"],
-                       env={**model_pull.env, **declared}, capture_output=True, text=True,
-                       check=False, timeout=60)
+    without_gi = "import sys; sys.modules['gi'] = None; from model_pull.cli import main; main()"
+    p = subprocess.run(
+        [sys.executable, "-c", without_gi, "status"],
+        env={**model_pull.env, **declared},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert p.returncode == 40, p.stderr
     (line,) = p.stderr.splitlines()
     assert line.startswith("error: cannot use D-Bus: PyGObject is not installed (")
-    assert line.endswith("(install PyGObject and pydbus: pip install 'model-pull[dbus]' (the "
-                         "NixOS package brings them))")
+    assert line.endswith(
+        "(install PyGObject and pydbus: pip install 'model-pull[dbus]' (the "
+        "NixOS package brings them))"
+    )

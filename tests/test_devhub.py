@@ -71,8 +71,11 @@ def test_allow_patterns_select_only_the_gguf_files(hub_repos, hf_cache):
 
 def test_listing_carries_git_sha1_and_lfs_sha256(hub_repos):
     repo = hub_repos.tiny_llama
-    entries = {e.path: e for e in HfApi().list_repo_tree(repo.repo, recursive=True)
-               if isinstance(e, RepoFile)}
+    entries = {
+        e.path: e
+        for e in HfApi().list_repo_tree(repo.repo, recursive=True)
+        if isinstance(e, RepoFile)
+    }
     assert set(entries) == set(repo.files)
     for name, data in repo.files.items():
         git_sha1, sha256, size = git_blob_sha1_and_sha256(data)
@@ -151,8 +154,11 @@ def test_gated_repo_with_the_token_downloads(hub_repos, hf_cache):
 
 def test_corrupt_repo_serves_bytes_that_do_not_match_the_listed_hash(hub_repos, hf_cache):
     repo = hub_repos.corrupt
-    listed = {e.path: e for e in HfApi().list_repo_tree(repo.repo, recursive=True)
-              if isinstance(e, RepoFile)}
+    listed = {
+        e.path: e
+        for e in HfApi().list_repo_tree(repo.repo, recursive=True)
+        if isinstance(e, RepoFile)
+    }
     path = Path(hf_hub_download(repo.repo, "model.safetensors", cache_dir=hf_cache))
     # The client only checks the size; the content is wrong.
     assert path.stat().st_size == listed["model.safetensors"].size

@@ -89,14 +89,20 @@ def snapshot(root: Path) -> dict[str, str]:
 def test_entry_is_named_and_hashed_exactly_as_nix_would(env, tmp_path):
     info = fetch_json(env, tmp_path / "root", "tiny-org/tiny-llama")
     entry = Path(info["path"])
-    nix_hash = subprocess.run(["nix", "hash", "path", str(entry)], env=env, check=True,
-                              capture_output=True, text=True).stdout.strip()
+    nix_hash = subprocess.run(
+        ["nix", "hash", "path", str(entry)], env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
     assert info["narHash"] == nix_hash
     # nix-store --add names the path after the basename: give it a directory called <name>.
     view = tmp_path / "view" / "tiny-llama"
     shutil.copytree(entry, view, symlinks=True)
-    added = subprocess.run(["nix-store", "--store", str(tmp_path / "chroot"), "--add", str(view)],
-                           env=env, check=True, capture_output=True, text=True).stdout.strip()
+    added = subprocess.run(
+        ["nix-store", "--store", str(tmp_path / "chroot"), "--add", str(view)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     assert Path(added).name == entry.name == info["storeName"]
     assert (tmp_path / "root" / "models" / "tiny-llama").resolve() == entry
 
@@ -111,10 +117,16 @@ def test_hash_command_equals_nix_hash_path(env, tmp_path):
     (d / "run").chmod(0o755)
     (d / "link").symlink_to("sub/x.bin")
     out = json.loads(mp(env, "hash", str(d), "--json").stdout)
-    nix = subprocess.run(["nix", "hash", "path", str(d)], env=env, check=True,
-                         capture_output=True, text=True).stdout.strip()
-    added = subprocess.run(["nix-store", "--store", str(tmp_path / "chroot"), "--add", str(d)],
-                           env=env, check=True, capture_output=True, text=True).stdout.strip()
+    nix = subprocess.run(
+        ["nix", "hash", "path", str(d)], env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    added = subprocess.run(
+        ["nix-store", "--store", str(tmp_path / "chroot"), "--add", str(d)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     assert out["narHash"] == nix
     assert Path(out["storePath"]).name == Path(added).name
 
@@ -123,8 +135,17 @@ def test_hash_command_equals_nix_hash_path(env, tmp_path):
 def test_store_nix_imports_the_entry_with_a_gc_root(env, tmp_path):
     root = tmp_path / "root"
     chroot = tmp_path / "chroot"
-    info = fetch_json(env, root, "tiny-org/tiny-gguf", "--layout", "gguf", "--store", "nix",
-                      "--nix-store", str(chroot))
+    info = fetch_json(
+        env,
+        root,
+        "tiny-org/tiny-gguf",
+        "--layout",
+        "gguf",
+        "--store",
+        "nix",
+        "--nix-store",
+        str(chroot),
+    )
     assert Path(info["nixStorePath"]).name == info["storeName"]
     real = chroot / info["nixStorePath"].lstrip("/")
     assert (real / "share/models/gguf/tiny.gguf").is_file()
@@ -136,9 +157,17 @@ def test_store_nix_imports_the_entry_with_a_gc_root(env, tmp_path):
 
 
 def test_dual_entry_resolves_offline_for_vllm_transformers_and_triton(hub, env, tmp_path):
-    info = fetch_json(env, tmp_path / "root", "tiny-org/tiny-llama", "--triton-name", "tiny",
-                      "--vllm-arg", "gpu_memory_utilization=0.85",
-                      "--vllm-arg", "max_model_len=512")
+    info = fetch_json(
+        env,
+        tmp_path / "root",
+        "tiny-org/tiny-llama",
+        "--triton-name",
+        "tiny",
+        "--vllm-arg",
+        "gpu_memory_utilization=0.85",
+        "--vllm-arg",
+        "max_model_len=512",
+    )
     entry = Path(info["path"])
     hub_dir = entry / "share/models/hub"
     slug = hub_dir / "models--tiny-org--tiny-llama"
@@ -157,8 +186,11 @@ print(json.dumps({"path": p, "arch": cfg.architectures, "ids": tok("hello world"
 """
     penv = {k: v for k, v in env.items() if k != "HF_ENDPOINT"}
     penv.update(HF_HUB_CACHE=str(hub_dir), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    out = json.loads(subprocess.run([sys.executable, "-c", probe], env=penv, check=True,
-                                    capture_output=True, text=True).stdout.splitlines()[-1])
+    out = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", probe], env=penv, check=True, capture_output=True, text=True
+        ).stdout.splitlines()[-1]
+    )
     assert out["path"] == str(slug / "snapshots" / hub.llama)
     assert out["arch"] == ["LlamaForCausalLM"] and out["ids"]
     # Triton: the model directory, one copy of the bytes through a relative symlink.
@@ -166,7 +198,8 @@ print(json.dumps({"path": p, "arch": cfg.architectures, "ids": tok("hello world"
     weights = tdir / "weights"
     assert weights.is_symlink() and not os.readlink(weights).startswith("/")
     assert (weights / "model.safetensors").samefile(
-        slug / "snapshots" / hub.llama / "model.safetensors")
+        slug / "snapshots" / hub.llama / "model.safetensors"
+    )
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
@@ -175,7 +208,9 @@ print(json.dumps({"path": p, "arch": cfg.architectures, "ids": tok("hello world"
     assert cfg.model_transaction_policy.decoupled
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_MODEL
     assert json.loads((tdir / "model-defaults.json").read_text()) == {
-        "gpu_memory_utilization": 0.85, "max_model_len": 512}
+        "gpu_memory_utilization": 0.85,
+        "max_model_len": 512,
+    }
 
 
 def test_entry_is_read_only_and_never_names_its_location(env, tmp_path):
@@ -205,20 +240,49 @@ def test_same_inputs_give_the_same_entry_anywhere(env, tmp_path):
 def test_package_of_an_hf_cache_tree_equals_fetch(hub, env, tmp_path):
     fetched = fetch_json(env, tmp_path / "a", "tiny-org/tiny-llama")
     cache = tmp_path / "hfcache"
-    subprocess.run([sys.executable, "-c", "from huggingface_hub import snapshot_download; "
-                    f"snapshot_download('tiny-org/tiny-llama', cache_dir={str(cache)!r})"],
-                   env=env, check=True, capture_output=True)
-    packaged = json.loads(mp(env, "package", str(cache / "models--tiny-org--tiny-llama"),
-                             "--root", str(tmp_path / "b"), "--json").stdout)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from huggingface_hub import snapshot_download; "
+            f"snapshot_download('tiny-org/tiny-llama', cache_dir={str(cache)!r})",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    packaged = json.loads(
+        mp(
+            env,
+            "package",
+            str(cache / "models--tiny-org--tiny-llama"),
+            "--root",
+            str(tmp_path / "b"),
+            "--json",
+        ).stdout
+    )
     assert packaged["narHash"] == fetched["narHash"]
     # and a plain directory with the same files, given the repo and revision
     plain = tmp_path / "plain"
     plain.mkdir()
     for name, data in tiny_llama_files(seed=0).items():
         (plain / name).write_bytes(data)
-    packaged2 = json.loads(mp(env, "package", str(plain), "--repo", "tiny-org/tiny-llama",
-                              "--revision", hub.llama, "--name", "tiny-llama",
-                              "--root", str(tmp_path / "c"), "--json").stdout)
+    packaged2 = json.loads(
+        mp(
+            env,
+            "package",
+            str(plain),
+            "--repo",
+            "tiny-org/tiny-llama",
+            "--revision",
+            hub.llama,
+            "--name",
+            "tiny-llama",
+            "--root",
+            str(tmp_path / "c"),
+            "--json",
+        ).stdout
+    )
     assert packaged2["narHash"] == fetched["narHash"]
     assert (plain / "config.json").stat().st_mode & stat.S_IWUSR  # the source is untouched
 
@@ -228,8 +292,17 @@ def test_gguf_single_and_hf_layouts(hub, env, tmp_path):
     g = fetch_json(env, root, "tiny-org/tiny-gguf", "--layout", "gguf")
     assert [f["path"] for f in g["files"]] == ["tiny-draft.gguf", "tiny.gguf"]  # *.gguf
     assert (Path(g["path"]) / "share/models/gguf/tiny.gguf").read_bytes() == hub.gguf
-    s = fetch_json(env, root, "tiny-org/tiny-llama", "--layout", "single", "--name", "single",
-                   "--triton-name", "tiny_single")
+    s = fetch_json(
+        env,
+        root,
+        "tiny-org/tiny-llama",
+        "--layout",
+        "single",
+        "--name",
+        "single",
+        "--triton-name",
+        "tiny_single",
+    )
     tdir = Path(s["path"]) / "share/models/tiny_single"
     assert (tdir / "weights/model.safetensors").is_file() and (tdir / "config.pbtxt").is_file()
     assert not (Path(s["path"]) / "share/models/hub").exists()
@@ -243,13 +316,23 @@ def test_patch_tokenizer_for_sglang(new_repo, env, tmp_path):
     repo = new_repo(files)
     info = fetch_json(env, tmp_path / "root", repo.repo, "--layout", "hf", "--patch-tokenizer")
     snap = next((Path(info["path"]) / "share/models/hub").glob("models--*/snapshots/*"))
-    assert json.loads((snap / "tokenizer_config.json").read_text())["tokenizer_class"] == \
-        "PreTrainedTokenizerFast"
+    assert (
+        json.loads((snap / "tokenizer_config.json").read_text())["tokenizer_class"]
+        == "PreTrainedTokenizerFast"
+    )
 
 
 def test_unknown_vllm_argument_is_refused(env, tmp_path):
-    p = mp(env, "fetch", "tiny-org/tiny-llama", "--vllm-arg", "gpu_memory_utilisation=0.9",
-           "--root", str(tmp_path / "root"), check=False)
+    p = mp(
+        env,
+        "fetch",
+        "tiny-org/tiny-llama",
+        "--vllm-arg",
+        "gpu_memory_utilisation=0.9",
+        "--root",
+        str(tmp_path / "root"),
+        check=False,
+    )
     assert p.returncode == 25
     assert "gpu_memory_utilization" in p.stderr and len(error_lines(p.stderr)) == 1
     assert not (tmp_path / "root" / "models" / "tiny-llama").exists()
@@ -258,12 +341,15 @@ def test_unknown_vllm_argument_is_refused(env, tmp_path):
 # --- bad input: one line, its own exit code, nothing installed --------------------------------
 
 
-@pytest.mark.parametrize(("args", "code", "words"), [
-    (["tiny-org/does-not-exist"], 10, "not found"),
-    (["tiny-org/tiny-llama", "--revision", "no-such-branch"], 11, "revision"),
-    (["gated/tiny"], 12, "--token-file"),
-    (["tiny-org/tiny-llama", "--include", "*.onnx"], 13, "no file matches"),
-])
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (["tiny-org/does-not-exist"], 10, "not found"),
+        (["tiny-org/tiny-llama", "--revision", "no-such-branch"], 11, "revision"),
+        (["gated/tiny"], 12, "--token-file"),
+        (["tiny-org/tiny-llama", "--include", "*.onnx"], 13, "no file matches"),
+    ],
+)
 def test_bad_input_one_line_distinct_code_nothing_installed(env, tmp_path, args, code, words):
     root = tmp_path / "root"
     p = mp(env, "fetch", *args, "--root", str(root), check=False)
@@ -285,11 +371,26 @@ def test_gated_repo_with_token_file_and_the_token_leaks_nowhere(env, tmp_path):
     token_file.write_text(TOKEN + "\n")
     root = tmp_path / "root"
     # The DevHub accepts the token it was told about; tell it this one.
-    wrong = mp(env, "fetch", "gated/tiny", "--token-file", str(token_file), "--root", str(root),
-               check=False)
+    wrong = mp(
+        env,
+        "fetch",
+        "gated/tiny",
+        "--token-file",
+        str(token_file),
+        "--root",
+        str(root),
+        check=False,
+    )
     assert wrong.returncode == 12 and TOKEN not in wrong.stderr + wrong.stdout
-    good = mp({**env, "HF_TOKEN": "hf_test_token_123"}, "-v", "fetch", "gated/tiny",
-              "--root", str(root), "--json")
+    good = mp(
+        {**env, "HF_TOKEN": "hf_test_token_123"},
+        "-v",
+        "fetch",
+        "gated/tiny",
+        "--root",
+        str(root),
+        "--json",
+    )
     assert json.loads(good.stdout)["name"] == "tiny"
     for base in (root,):
         for dirpath, _, filenames in os.walk(base):
@@ -341,13 +442,17 @@ def test_disk_full_is_one_line_and_leaves_nothing(env, tmp_path):
         pytest.skip("needs root and unshare to mount a tiny tmpfs")
     root = tmp_path / "small"
     root.mkdir()
-    cmd = (f"mount -t tmpfs -o size=160k none {root} && "
-           f"exec {' '.join(MODEL_PULL)} fetch tiny-org/tiny-llama --root {root}")
-    p = subprocess.run(["unshare", "-m", "sh", "-c", cmd], env=env, capture_output=True,
-                       text=True, timeout=120)
+    cmd = (
+        f"mount -t tmpfs -o size=160k none {root} && "
+        f"exec {' '.join(MODEL_PULL)} fetch tiny-org/tiny-llama --root {root}"
+    )
+    p = subprocess.run(
+        ["unshare", "-m", "sh", "-c", cmd], env=env, capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 16, p.stderr
-    assert [line for line in p.stderr.splitlines() if "no space left" in line] == \
-        error_lines(p.stderr)
+    assert [line for line in p.stderr.splitlines() if "no space left" in line] == error_lines(
+        p.stderr
+    )
 
 
 def test_no_permission_says_sudo(env, tmp_path):
@@ -357,9 +462,22 @@ def test_no_permission_says_sudo(env, tmp_path):
     root.mkdir()
     root.chmod(0o555)
     caps = "-dac_override,-dac_read_search,-fowner"
-    p = subprocess.run(["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *MODEL_PULL,
-                        "fetch", "tiny-org/tiny-llama", "--root", str(root)],
-                       env=env, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            "setpriv",
+            f"--inh-caps={caps}",
+            f"--bounding-set={caps}",
+            *MODEL_PULL,
+            "fetch",
+            "tiny-org/tiny-llama",
+            "--root",
+            str(root),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 17, p.stderr
     assert "sudo" in p.stderr
 
@@ -377,8 +495,9 @@ def partial_bytes(cache: Path) -> int:
     return total
 
 
-def test_kill_9_mid_download_changes_nothing_and_the_next_pull_resumes(hub, new_repo, env,
-                                                                       tmp_path):
+def test_kill_9_mid_download_changes_nothing_and_the_next_pull_resumes(
+    hub, new_repo, env, tmp_path
+):
     root = tmp_path / "root"
     base = tiny_llama_files(seed=5)
     resume = new_repo(base).repo
@@ -389,8 +508,12 @@ def test_kill_9_mid_download_changes_nothing_and_the_next_pull_resumes(hub, new_
     hub.hub.add_repo(resume, dict(base, **{"extra.safetensors": big}))
     hub.hub.inject(resume, "extra.safetensors", throttle_bps=12 << 20)
     hub.hub.reset_counters()
-    proc = subprocess.Popen([*MODEL_PULL, "fetch", resume, "--name", "resume", "--root",
-                             str(root)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*MODEL_PULL, "fetch", resume, "--name", "resume", "--root", str(root)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 60
     partial = root / "cache" / ("models--" + resume.replace("/", "--"))
     while partial_bytes(partial) < (10 << 20):
@@ -405,8 +528,7 @@ def test_kill_9_mid_download_changes_nothing_and_the_next_pull_resumes(hub, new_
     second = fetch_json(env, root, resume, "--name", "resume")
     served_after = hub.hub.bytes_served(resume, "extra.safetensors")
     assert served_after - served_before < len(big)  # resumed: the first bytes were not resent
-    assert any(r.range for r in hub.hub.requests(resume, "extra.safetensors")
-               if r.method == "GET")
+    assert any(r.range for r in hub.hub.requests(resume, "extra.safetensors") if r.method == "GET")
     assert second["previous"] == first["path"]
     assert (root / "models/resume").resolve() == Path(second["path"])
     assert not list((root / "staging").iterdir())
@@ -418,12 +540,25 @@ def test_one_pull_at_a_time(env, tmp_path):
     root = tmp_path / "root"
     state = StateRoot(root)
     with state.lock():
-        p = mp(env, "fetch", "tiny-org/tiny-gguf", "--layout", "gguf", "--no-wait",
-               "--root", str(root), check=False)
+        p = mp(
+            env,
+            "fetch",
+            "tiny-org/tiny-gguf",
+            "--layout",
+            "gguf",
+            "--no-wait",
+            "--root",
+            str(root),
+            check=False,
+        )
         assert p.returncode == 19 and "another pull" in p.stderr
-        waiting = subprocess.Popen([*MODEL_PULL, "fetch", "tiny-org/tiny-gguf", "--layout",
-                                    "gguf", "--root", str(root)], env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        waiting = subprocess.Popen(
+            [*MODEL_PULL, "fetch", "tiny-org/tiny-gguf", "--layout", "gguf", "--root", str(root)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(3)
         assert waiting.poll() is None
     _, err = waiting.communicate(timeout=120)
@@ -442,8 +577,9 @@ def test_verify_rollback_gc(hub, new_repo, env, tmp_path):
     two = fetch_json(env, root, cycle, "--name", "cycle")
     assert one["revision"] != two["revision"] and two["previous"] == one["path"]
     listed = json.loads(mp(env, "list", "--root", str(root), "--json").stdout)["models"]
-    assert [(m["name"], m["revision"], m["narHash"]) for m in listed] == \
-        [("cycle", two["revision"], two["narHash"])]
+    assert [(m["name"], m["revision"], m["narHash"]) for m in listed] == [
+        ("cycle", two["revision"], two["narHash"])
+    ]
     assert mp(env, "verify", "cycle", "--root", str(root)).returncode == 0
     back = json.loads(mp(env, "rollback", "cycle", "--root", str(root), "--json").stdout)
     assert back["to"] == one["path"]
@@ -452,8 +588,14 @@ def test_verify_rollback_gc(hub, new_repo, env, tmp_path):
     assert two["path"] in removed and not Path(two["path"]).exists()
     assert Path(one["path"]).exists()
     # corrupt the live entry: verify names the file and fails with its own code
-    victim = Path(one["path"]) / "share/models/hub" / ("models--" + cycle.replace("/", "--")) / \
-        "snapshots" / one["revision"] / "config.json"
+    victim = (
+        Path(one["path"])
+        / "share/models/hub"
+        / ("models--" + cycle.replace("/", "--"))
+        / "snapshots"
+        / one["revision"]
+        / "config.json"
+    )
     victim.chmod(0o644)
     victim.write_text('{"tampered": true}')
     bad = mp(env, "verify", "--root", str(root), check=False)
@@ -461,9 +603,18 @@ def test_verify_rollback_gc(hub, new_repo, env, tmp_path):
 
 
 def test_pinned_nar_hash_refuses_anything_else(env, tmp_path):
-    p = mp(env, "fetch", "tiny-org/tiny-gguf", "--layout", "gguf", "--nar-hash",
-           "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "--root", str(tmp_path / "r"),
-           check=False)
+    p = mp(
+        env,
+        "fetch",
+        "tiny-org/tiny-gguf",
+        "--layout",
+        "gguf",
+        "--nar-hash",
+        "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        "--root",
+        str(tmp_path / "r"),
+        check=False,
+    )
     assert p.returncode == 22 and "pinned" in p.stderr
     assert snapshot(tmp_path / "r") == {}
 
@@ -479,13 +630,14 @@ def test_piped_output_has_no_progress_bars(env, tmp_path):
 # --- the GPU check before any weight is downloaded -------------------------------------------
 
 
-def test_fetch_refuses_a_model_the_gpu_cannot_run_before_downloading(hub, new_repo, env,
-                                                                      tmp_path):
+def test_fetch_refuses_a_model_the_gpu_cannot_run_before_downloading(hub, new_repo, env, tmp_path):
     files = tiny_llama_files(seed=8)
-    files["hf_quant_config.json"] = json.dumps({
-        "producer": {"name": "modelopt", "version": "0.35.0"},
-        "quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": "FP8",
-                         "group_size": 16}}).encode()
+    files["hf_quant_config.json"] = json.dumps(
+        {
+            "producer": {"name": "modelopt", "version": "0.35.0"},
+            "quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": "FP8", "group_size": 16},
+        }
+    ).encode()
     nvfp4 = new_repo(files).repo
     hub.hub.reset_counters()
     root = tmp_path / "root"
@@ -496,13 +648,22 @@ def test_fetch_refuses_a_model_the_gpu_cannot_run_before_downloading(hub, new_re
     assert snapshot(root) == {}
     ok = mp(env, "fetch", nvfp4, "--gpu", "RTX 5090", "--root", str(root))
     assert "installed" in ok.stdout
-    forced = mp(env, "fetch", nvfp4, "--gpu", "L4", "--force", "--name", "forced",
-                "--root", str(root))
+    forced = mp(
+        env, "fetch", nvfp4, "--gpu", "L4", "--force", "--name", "forced", "--root", str(root)
+    )
     assert "installed" in forced.stdout and "--force" in forced.stderr
 
 
 def test_fetch_refuses_a_model_that_does_not_fit(env, tmp_path):
-    p = mp(env, "fetch", "tiny-org/tiny-llama", "--gpu", "8.9:1MiB", "--root",
-           str(tmp_path / "root"), check=False)
+    p = mp(
+        env,
+        "fetch",
+        "tiny-org/tiny-llama",
+        "--gpu",
+        "8.9:1MiB",
+        "--root",
+        str(tmp_path / "root"),
+        check=False,
+    )
     assert p.returncode == 32, p.stderr
     assert len(error_lines(p.stderr)) == 1

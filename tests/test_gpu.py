@@ -9,20 +9,39 @@ from model_pull.errors import ExitCode, ModelPullError
 from model_pull.gpu import GIB, Sm, parse_size, parse_spec, read_nvml
 
 
-@pytest.mark.parametrize(("spec", "sm", "gib"), [
-    ("8.9:24GiB", "8.9", 24), ("sm_90:80GiB", "9.0", 80), ("120:32G", "12.0", 32),
-    ("7.5:16", "7.5", 16), ("10.0:180GiB", "10.0", 180),
-])
+@pytest.mark.parametrize(
+    ("spec", "sm", "gib"),
+    [
+        ("8.9:24GiB", "8.9", 24),
+        ("sm_90:80GiB", "9.0", 80),
+        ("120:32G", "12.0", 32),
+        ("7.5:16", "7.5", 16),
+        ("10.0:180GiB", "10.0", 180),
+    ],
+)
 def test_sm_and_memory_spec(spec, sm, gib):
     g = parse_spec(spec)
     assert (str(g.sm), g.total_bytes, g.free_bytes, g.source) == (sm, gib * GIB, None, "spec")
 
 
-@pytest.mark.parametrize(("name", "sm"), [
-    ("L4", "8.9"), ("H100", "9.0"), ("RTX 5090", "12.0"), ("rtx5090", "12.0"), ("A100", "8.0"),
-    ("T4", "7.5"), ("RTX 4090", "8.9"), ("B200", "10.0"), ("H200", "9.0"), ("A10", "8.6"),
-    ("RTX 3090", "8.6"), ("L40S", "8.9"), ("NVIDIA GeForce RTX 4090", "8.9"),
-])
+@pytest.mark.parametrize(
+    ("name", "sm"),
+    [
+        ("L4", "8.9"),
+        ("H100", "9.0"),
+        ("RTX 5090", "12.0"),
+        ("rtx5090", "12.0"),
+        ("A100", "8.0"),
+        ("T4", "7.5"),
+        ("RTX 4090", "8.9"),
+        ("B200", "10.0"),
+        ("H200", "9.0"),
+        ("A10", "8.6"),
+        ("RTX 3090", "8.6"),
+        ("L40S", "8.9"),
+        ("NVIDIA GeForce RTX 4090", "8.9"),
+    ],
+)
 def test_known_names(name, sm):
     g = parse_spec(name)
     assert str(g.sm) == sm and g.total_bytes > 10 * GIB

@@ -163,13 +163,21 @@ def test_h100_vllm_triton_and_sglang_share_one_dual_entry(golden: dict[str, Any]
     assert sglang["environment"]["HF_HUB_CACHE"] == f"{entry}/share/models/hub"
     assert sglang["environment"]["HF_HUB_OFFLINE"] == "1"
     sc = sglang["serviceConfig"]
-    assert (sc["User"], sc["Group"], sc["MemoryDenyWriteExecute"]) == ("inference", "inference", False)
+    assert (sc["User"], sc["Group"], sc["MemoryDenyWriteExecute"]) == (
+        "inference",
+        "inference",
+        False,
+    )
     assert sc["ExecStart"].startswith(
         f'"{golden["packages"]["sglang-env"]}/bin/python" "-m" "sglang.launch_server" '
         '"--model-path" "Qwen/Qwen3.5-2B" "--host" "127.0.0.1" "--port" "30000"'
     )
-    for flags in ('"--mem-fraction-static" "0.3"', '"--context-length" "4096"',
-                  '"--served-model-name" "qwen3.5-2b"', '"--enable-metrics"'):
+    for flags in (
+        '"--mem-fraction-static" "0.3"',
+        '"--context-length" "4096"',
+        '"--served-model-name" "qwen3.5-2b"',
+        '"--enable-metrics"',
+    ):
         assert flags in sc["ExecStart"]
 
     model = host["manifest"]["models"]["qwen3_5-2b"]

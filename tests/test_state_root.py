@@ -17,8 +17,9 @@ MODEL_PULL = [sys.executable, "-m", "model_pull"]
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MODEL_PULL, *args], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [*MODEL_PULL, *args], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def ok_json(env: dict[str, str], *args: str) -> Any:
@@ -34,17 +35,31 @@ def declared(hub_repos, tmp_path: Path) -> tuple[dict[str, str], Path, list[dict
     root = tmp_path / "data-inference"
     llama = hub_repos.tiny_llama
     manifest = tmp_path / "models.json"
-    manifest.write_text(json.dumps({
-        "version": 1, "root": str(root),
-        "models": {"tiny-llama": {"repo": llama.repo, "revision": llama.commit, "layout": "dual",
-                                  "units": ["vllm-tiny.service"]}},
-        "units": {"vllm-tiny.service": {"runtime": "vllm", "models": ["tiny-llama"]}},
-    }))
+    manifest.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "root": str(root),
+                "models": {
+                    "tiny-llama": {
+                        "repo": llama.repo,
+                        "revision": llama.commit,
+                        "layout": "dual",
+                        "units": ["vllm-tiny.service"],
+                    }
+                },
+                "units": {"vllm-tiny.service": {"runtime": "vllm", "models": ["tiny-llama"]}},
+            }
+        )
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_PULL")}
-    env.update(MODEL_PULL_MANIFEST=str(manifest),
-               DBUS_SYSTEM_BUS_ADDRESS=f"unix:path={tmp_path}/no-bus")
-    installed = [ok_json(env, "fetch", llama.repo, "--revision", rev, "--root", str(root))
-                 for rev in ("main", hub_repos.tiny_llama_v2.revision)]
+    env.update(
+        MODEL_PULL_MANIFEST=str(manifest), DBUS_SYSTEM_BUS_ADDRESS=f"unix:path={tmp_path}/no-bus"
+    )
+    installed = [
+        ok_json(env, "fetch", llama.repo, "--revision", rev, "--root", str(root))
+        for rev in ("main", hub_repos.tiny_llama_v2.revision)
+    ]
     return env, root, installed
 
 
@@ -52,8 +67,11 @@ def test_every_command_looks_in_the_root_the_manifest_declares(declared):
     env, root, (first, second) = declared
     assert [m["name"] for m in ok_json(env, "list")["models"]] == ["tiny-llama"]
     (verified,) = ok_json(env, "verify")["entries"]
-    assert (verified["name"], verified["ok"], verified["entry"]) == \
-        ("tiny-llama", True, second["path"])
+    assert (verified["name"], verified["ok"], verified["entry"]) == (
+        "tiny-llama",
+        True,
+        second["path"],
+    )
     checked = run(env, "check", "tiny-llama", "--gpu", "L4", "--json")
     assert checked.returncode == 0, checked.stderr
     assert json.loads(checked.stdout)["model"] == "tiny-llama"
@@ -75,6 +93,10 @@ def test_the_option_then_the_environment_then_the_manifest(declared, tmp_path: P
     assert [m["name"] for m in listed["models"]] == ["tiny-llama"]
     before = ok_json({**env, "MODEL_PULL_ROOT": str(other)}, "--root", str(root), "list")
     assert before == listed  # `model-pull --root X list` is `model-pull list --root X`
-    p = run({**env, "MODEL_PULL_MANIFEST": str(tmp_path / "absent.json")}, "verify", "--root",
-            str(other))
+    p = run(
+        {**env, "MODEL_PULL_MANIFEST": str(tmp_path / "absent.json")},
+        "verify",
+        "--root",
+        str(other),
+    )
     assert p.returncode == 0 and f"no models in {other}: nothing to verify" in p.stderr

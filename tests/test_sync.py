@@ -34,32 +34,64 @@ def served(devhub, tmp_path_factory):
 
 
 def manifest(path: Path, root: Path, models: dict[str, tuple[Any, ...]]) -> Path:
-    data: dict[str, Any] = {"version": 1, "root": str(root), "endpoint": None, "tokenFile": None,
-            "models": {}, "units": {"llama-server-main.service": {
-                "runtime": "llama-server", "models": list(models),
-                "cudaCapabilities": ["12.0"]}}}
+    data: dict[str, Any] = {
+        "version": 1,
+        "root": str(root),
+        "endpoint": None,
+        "tokenFile": None,
+        "models": {},
+        "units": {
+            "llama-server-main.service": {
+                "runtime": "llama-server",
+                "models": list(models),
+                "cudaCapabilities": ["12.0"],
+            }
+        },
+    }
     for name, (repo, revision, include, layout, nar) in models.items():
         data["models"][name] = {
-            "repo": repo, "revision": revision, "include": include, "exclude": [],
-            "layout": layout, "tritonName": None, "narHash": nar, "engineDefaults": {},
-            "patchTokenizer": False, "units": ["llama-server-main.service"]}
+            "repo": repo,
+            "revision": revision,
+            "include": include,
+            "exclude": [],
+            "layout": layout,
+            "tritonName": None,
+            "narHash": nar,
+            "engineDefaults": {},
+            "patchTokenizer": False,
+            "units": ["llama-server-main.service"],
+        }
     path.write_text(json.dumps(data))
     return path
 
 
 def run(model_pull: ModelPull, mpath: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return model_pull.run(*args, env={
-        "MODEL_PULL_MANIFEST": str(mpath),
-        "DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent/system_bus_socket"})
+    return model_pull.run(
+        *args,
+        env={
+            "MODEL_PULL_MANIFEST": str(mpath),
+            "DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent/system_bus_socket",
+        },
+    )
 
 
 def test_pulls_every_declared_model_then_nothing_to_do(served, model_pull, tmp_path):
     hub, commits = served
     root = tmp_path / "root"
-    m = manifest(tmp_path / "models.json", root, {
-        "main": ("sync/main-gguf", commits["sync/main-gguf"], ["main-Q4_K_M.gguf"], "gguf", None),
-        "draft": ("sync/draft-gguf", "main", ["draft-Q4_K_M.gguf"], "gguf", None),
-    })
+    m = manifest(
+        tmp_path / "models.json",
+        root,
+        {
+            "main": (
+                "sync/main-gguf",
+                commits["sync/main-gguf"],
+                ["main-Q4_K_M.gguf"],
+                "gguf",
+                None,
+            ),
+            "draft": ("sync/draft-gguf", "main", ["draft-Q4_K_M.gguf"], "gguf", None),
+        },
+    )
     first = run(model_pull, m, "--no-restart")
     assert first.returncode == 0, first.stderr
     for name, file in (("main", "main-Q4_K_M.gguf"), ("draft", "draft-Q4_K_M.gguf")):
@@ -79,8 +111,11 @@ def test_pulls_every_declared_model_then_nothing_to_do(served, model_pull, tmp_p
 def test_no_system_bus_is_exit_40_and_the_pull_still_happened(served, model_pull, tmp_path):
     _, commits = served
     root = tmp_path / "root"
-    m = manifest(tmp_path / "models.json", root, {
-        "main": ("sync/main-gguf", commits["sync/main-gguf"], ["main-Q4_K_M.gguf"], "gguf", None)})
+    m = manifest(
+        tmp_path / "models.json",
+        root,
+        {"main": ("sync/main-gguf", commits["sync/main-gguf"], ["main-Q4_K_M.gguf"], "gguf", None)},
+    )
     p = run(model_pull, m)
     assert p.returncode == 40, p.stderr
     (line,) = [e for e in p.stderr.splitlines() if e.startswith("error: ")]
@@ -92,11 +127,26 @@ def test_no_system_bus_is_exit_40_and_the_pull_still_happened(served, model_pull
 def test_a_pin_mismatch_fails_that_model_only(served, model_pull, tmp_path):
     _, commits = served
     root = tmp_path / "root"
-    m = manifest(tmp_path / "models.json", root, {
-        "llm": ("sync/llm", commits["sync/llm"], [], "dual",
-                "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
-        "main": ("sync/main-gguf", commits["sync/main-gguf"], ["main-Q4_K_M.gguf"], "gguf", None),
-    })
+    m = manifest(
+        tmp_path / "models.json",
+        root,
+        {
+            "llm": (
+                "sync/llm",
+                commits["sync/llm"],
+                [],
+                "dual",
+                "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            ),
+            "main": (
+                "sync/main-gguf",
+                commits["sync/main-gguf"],
+                ["main-Q4_K_M.gguf"],
+                "gguf",
+                None,
+            ),
+        },
+    )
     p = run(model_pull, m, "--no-restart")
     assert p.returncode == 22, p.stderr
     (line,) = [e for e in p.stderr.splitlines() if e.startswith("error: ")]  # printed once
@@ -109,13 +159,16 @@ def test_a_pin_mismatch_fails_that_model_only(served, model_pull, tmp_path):
 def test_the_pin_is_honoured_and_gates_the_by_hash_path(served, model_pull, tmp_path):
     _, commits = served
     root = tmp_path / "root"
-    free = manifest(tmp_path / "free.json", tmp_path / "probe", {
-        "llm": ("sync/llm", commits["sync/llm"], [], "dual", None)})
+    free = manifest(
+        tmp_path / "free.json",
+        tmp_path / "probe",
+        {"llm": ("sync/llm", commits["sync/llm"], [], "dual", None)},
+    )
     assert run(model_pull, free, "--no-restart").returncode == 0
-    nar = json.loads((tmp_path / "probe/state/pulls.jsonl").read_text().splitlines()[-1])[
-        "narHash"]
-    pinned = manifest(tmp_path / "pinned.json", root, {
-        "llm": ("sync/llm", commits["sync/llm"], [], "dual", nar)})
+    nar = json.loads((tmp_path / "probe/state/pulls.jsonl").read_text().splitlines()[-1])["narHash"]
+    pinned = manifest(
+        tmp_path / "pinned.json", root, {"llm": ("sync/llm", commits["sync/llm"], [], "dual", nar)}
+    )
     assert run(model_pull, pinned, "--no-restart").returncode == 0
     gate = root / "by-hash" / nar.replace("/", "_").replace("+", "-")
     assert gate.resolve() == (root / "models/llm").resolve()

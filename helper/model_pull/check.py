@@ -44,8 +44,11 @@ def parse_package_sms(text: str) -> tuple[PackageArch, ...]:
     try:
         return tuple(PackageArch.parse(t) for t in text.split(",") if t.strip())
     except ValueError as exc:
-        raise ModelPullError(ExitCode.USAGE, f"bad --package-sm {text!r}: {exc}",
-                             hint="write e.g. 8.9,9.0 (nixpkgs cudaCapabilities)") from exc
+        raise ModelPullError(
+            ExitCode.USAGE,
+            f"bad --package-sm {text!r}: {exc}",
+            hint="write e.g. 8.9,9.0 (nixpkgs cudaCapabilities)",
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,14 @@ class GpuVerdict:
     fit: fit.Fit
 
     def to_json(self) -> GpuVerdictJson:
-        return {"gpu": self.gpu.to_json(), "verdict": str(self.support), "reason": self.how,
-                "source": self.source, "build": self.build, "memory": self.fit.to_json()}
+        return {
+            "gpu": self.gpu.to_json(),
+            "verdict": str(self.support),
+            "reason": self.how,
+            "source": self.source,
+            "build": self.build,
+            "memory": self.fit.to_json(),
+        }
 
 
 @dataclass(frozen=True)
@@ -128,24 +137,31 @@ class Report:
         if code is ExitCode.OK:
             return None
         if code is ExitCode.NO_GPU_INFO:
-            return ModelPullError(code, f"no GPU information: {self.gpu_problem or 'none given'}",
-                                  hint="plan for a GPU with --gpu, e.g. --gpu L4 or "
-                                  "--gpu 8.9:24GiB")
+            return ModelPullError(
+                code,
+                f"no GPU information: {self.gpu_problem or 'none given'}",
+                hint="plan for a GPU with --gpu, e.g. --gpu L4 or --gpu 8.9:24GiB",
+            )
         if code is ExitCode.DOES_NOT_FIT:
             t = self.tightest
             assert t is not None
             f = t.fit
             return ModelPullError(
-                code, f"{self.model} does not fit {t.gpu.name}: it needs "
+                code,
+                f"{self.model} does not fit {t.gpu.name}: it needs "
                 f"{gib(f.weights + f.kv_cache + f.overhead)}, {gib(f.available)} are available",
                 hint="the report says what fits: a shorter --context, fewer --parallel "
-                "sequences, a smaller KV cache type, or a bigger GPU")
+                "sequences, a smaller KV cache type, or a bigger GPU",
+            )
         worst = max(self.gpus, key=lambda g: g.support)
         return ModelPullError(
-            code, f"{self.model} with {self.runtime.value} on {worst.gpu.name} "
+            code,
+            f"{self.model} with {self.runtime.value} on {worst.gpu.name} "
             f"(SM {worst.gpu.sm}): {worst.support}: {worst.how}",
-            hint="--strict accepts native verdicts only" if strict else
-            "see the report for the reasons and their sources")
+            hint="--strict accepts native verdicts only"
+            if strict
+            else "see the report for the reasons and their sources",
+        )
 
     def to_json(self) -> CheckJson:
         t = self.tightest
@@ -205,8 +221,10 @@ def preflight(
     if arch is None:
         notes.append("no attention shape in the metadata: KV cache not counted")
     if context is None:
-        notes.append(f"context {ctx} = " + ("the model's maximum" if model_max else
-                                            "a default (the metadata states no maximum)"))
+        notes.append(
+            f"context {ctx} = "
+            + ("the model's maximum" if model_max else "a default (the metadata states no maximum)")
+        )
     if parallel is None:
         notes.append(f"parallel {n_par} = {rt.value}'s default")
     if context and model_max and context > model_max:
@@ -214,11 +232,15 @@ def preflight(
     if rt is Runtime.LLAMA_SERVER and kv_name.startswith(("q", "iq")):
         notes.append("a quantized V cache needs flash attention in llama-server (-fa on)")
     if q.kv_cache and rt in compat.VLLM_KERNELS and kv_cache_dtype is None:
-        notes.append(f"the checkpoint declares a {q.kv_cache} KV cache; planned at {kv_name} "
-                     "(vLLM and SGLang serve modelopt checkpoints without it unless "
-                     f"--kv-cache-dtype fp8: {compat.MODELOPT_DEPLOY})")
-    notes.append(f"overhead {gib(mem.overhead)}: {mem.overhead_source}; "
-                 f"memory share {mem.fraction:g}: {mem.fraction_source}")
+        notes.append(
+            f"the checkpoint declares a {q.kv_cache} KV cache; planned at {kv_name} "
+            "(vLLM and SGLang serve modelopt checkpoints without it unless "
+            f"--kv-cache-dtype fp8: {compat.MODELOPT_DEPLOY})"
+        )
+    notes.append(
+        f"overhead {gib(mem.overhead)}: {mem.overhead_source}; "
+        f"memory share {mem.fraction:g}: {mem.fraction_source}"
+    )
 
     verdicts: list[GpuVerdict] = []
     reasons: list[str] = []
@@ -231,34 +253,79 @@ def preflight(
             c = compat.code_sm(g.sm, tuple(package_arches), forward_compat)
             build = c.how
             if c.sm is None:
-                verdicts.append(_verdict(g, Support.UNSUPPORTED, c.how, compat.CUDA_GUIDE, build,
-                                         meta, rt, ctx, n_par, kv_elem, kv_name, model_max))
+                verdicts.append(
+                    _verdict(
+                        g,
+                        Support.UNSUPPORTED,
+                        c.how,
+                        compat.CUDA_GUIDE,
+                        build,
+                        meta,
+                        rt,
+                        ctx,
+                        n_par,
+                        kv_elem,
+                        kv_name,
+                        model_max,
+                    )
+                )
                 reasons.append(f"{label}: unsupported: {c.how}")
                 continue
             code_sm = c.sm
         d = compat.decide(rt, q.method, q.scheme, q.algo, code_sm)
         how = d.how if code_sm == g.sm else f"{d.how} [code built for SM {code_sm}]"
-        v = _verdict(g, d.support, how, d.source, build, meta, rt, ctx, n_par, kv_elem, kv_name,
-                     model_max)
+        v = _verdict(
+            g, d.support, how, d.source, build, meta, rt, ctx, n_par, kv_elem, kv_name, model_max
+        )
         verdicts.append(v)
         reasons.append(f"{label}: {d.support}: {how} ({d.source})")
         if build and code_sm != g.sm:
             reasons.append(f"{label}: {build}")
         reasons.extend(_fit_reasons(label, v.fit, g, rt))
     if not verdicts:
-        reasons.append(f"no GPU information: {gpu_problem or 'none given'}; "
-                       "plan for a GPU with --gpu (e.g. --gpu L4 or --gpu 8.9:24GiB)")
-    return Report(meta.description, rt, q, arch, meta.weight_bytes, tuple(verdicts),
-                  gpu_problem, tuple(reasons), tuple(notes))
+        reasons.append(
+            f"no GPU information: {gpu_problem or 'none given'}; "
+            "plan for a GPU with --gpu (e.g. --gpu L4 or --gpu 8.9:24GiB)"
+        )
+    return Report(
+        meta.description,
+        rt,
+        q,
+        arch,
+        meta.weight_bytes,
+        tuple(verdicts),
+        gpu_problem,
+        tuple(reasons),
+        tuple(notes),
+    )
 
 
-def _verdict(g: GpuFacts, support: Support, how: str, source: str, build: str | None,
-             meta: ModelMetadata, rt: Runtime, ctx: int, n_par: int, kv_elem: float,
-             kv_name: str, model_max: int | None) -> GpuVerdict:
+def _verdict(
+    g: GpuFacts,
+    support: Support,
+    how: str,
+    source: str,
+    build: str | None,
+    meta: ModelMetadata,
+    rt: Runtime,
+    ctx: int,
+    n_par: int,
+    kv_elem: float,
+    kv_name: str,
+    model_max: int | None,
+) -> GpuVerdict:
     avail = fit.available_bytes(rt, g.total_bytes, g.free_bytes)
-    f = fit.estimate(meta.architecture, meta.weight_bytes, rt, avail, context=ctx,
-                     parallel=n_par, kv_per_element=kv_elem, kv_dtype=kv_name,
-                     model_max_context=model_max)
+    f = fit.estimate(
+        meta.architecture,
+        meta.weight_bytes,
+        rt,
+        avail,
+        context=ctx,
+        parallel=n_par,
+        kv_per_element=kv_elem,
+        kv_dtype=kv_name,
+        model_max_context=model_max,
+    )
     return GpuVerdict(g, support, how, source, build, f)
 
 
@@ -270,26 +337,40 @@ def _fit_reasons(label: str, f: fit.Fit, g: GpuFacts, rt: Runtime) -> list[str]:
         out.append(f"{label}: only {gib(g.free_bytes)} free now (other processes hold the rest)")
     if f.fits:
         return out
-    out.append(f"{label}: does not fit: weights {gib(f.weights)} + KV cache {gib(f.kv_cache)} "
-               f"({f.context} tokens x {f.parallel} sequences, {f.kv_dtype}) + overhead "
-               f"{gib(f.overhead)} = {gib(need)} > {gib(f.available)} available")
+    out.append(
+        f"{label}: does not fit: weights {gib(f.weights)} + KV cache {gib(f.kv_cache)} "
+        f"({f.context} tokens x {f.parallel} sequences, {f.kv_dtype}) + overhead "
+        f"{gib(f.overhead)} = {gib(need)} > {gib(f.available)} available"
+    )
     if f.max_context > 0:
-        out.append(f"{label}: the largest context that fits with --parallel {f.parallel} is "
-                   f"{f.max_context}")
+        out.append(
+            f"{label}: the largest context that fits with --parallel {f.parallel} is "
+            f"{f.max_context}"
+        )
         if f.parallel > 1 and f.weights + f.overhead + f.kv_cache // f.parallel <= f.available:
-            out.append(f"{label}: --parallel {f.parallel} multiplies the KV cache by {f.parallel}; "
-                       f"--parallel 1 fits at context {f.context}")
+            out.append(
+                f"{label}: --parallel {f.parallel} multiplies the KV cache by {f.parallel}; "
+                f"--parallel 1 fits at context {f.context}"
+            )
     elif f.weights + f.overhead > f.available:
-        out.append(f"{label}: the weights and overhead alone exceed the memory: a smaller "
-                   "quantization or a bigger GPU is needed")
+        out.append(
+            f"{label}: the weights and overhead alone exceed the memory: a smaller "
+            "quantization or a bigger GPU is needed"
+        )
     return out
 
 
 def gate_fetch(
-    repo: str, commit: str, listing: Sequence[tuple[str, int]], *,
-    remote: hub_types.Remote | None = None, runtime: Runtime | None = None,
-    gpu_specs: Sequence[str] = (), package_arches: Sequence[PackageArch] = (),
-    force: bool = False, warn: Callable[[str], None],
+    repo: str,
+    commit: str,
+    listing: Sequence[tuple[str, int]],
+    *,
+    remote: hub_types.Remote | None = None,
+    runtime: Runtime | None = None,
+    gpu_specs: Sequence[str] = (),
+    package_arches: Sequence[PackageArch] = (),
+    force: bool = False,
+    warn: Callable[[str], None],
 ) -> Report | None:
     """The check `fetch` runs before downloading weights, from metadata only.
 
@@ -307,13 +388,16 @@ def gate_fetch(
     report = preflight(meta, runtime, gpus, gpu_problem=problem, package_arches=package_arches)
     code = report.exit_code()
     if code is ExitCode.NO_GPU_INFO:
-        warn(f"{problem or 'no GPU information'}: packaging without a GPU check "
-             "(plan for the target with model-pull check --gpu)")
+        warn(
+            f"{problem or 'no GPU information'}: packaging without a GPU check "
+            "(plan for the target with model-pull check --gpu)"
+        )
     elif code in (ExitCode.UNSUPPORTED, ExitCode.DOES_NOT_FIT):
         reasons = "; ".join(report.reasons[:2]) if report.reasons else str(report.verdict)
         if force:
             warn(f"{repo}: {reasons} (pulling anyway: --force)")
         else:
-            raise ModelPullError(code, f"{repo}: {reasons}",
-                                 hint="see model-pull check; --force pulls anyway")
+            raise ModelPullError(
+                code, f"{repo}: {reasons}", hint="see model-pull check; --force pulls anyway"
+            )
     return report

@@ -32,13 +32,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("model_pull")
 
 
-ROOT_HELP = ("State root (default: $MODEL_PULL_ROOT, else the root in the NixOS manifest, "
-             "else /var/lib/inference).")
+ROOT_HELP = (
+    "State root (default: $MODEL_PULL_ROOT, else the root in the NixOS manifest, "
+    "else /var/lib/inference)."
+)
 
 
 def _root_option(f: Any) -> Any:
-    return click.option("--root", type=click.Path(path_type=Path), default=None,
-                        help=ROOT_HELP)(f)
+    return click.option("--root", type=click.Path(path_type=Path), default=None, help=ROOT_HELP)(f)
 
 
 def _json_option(f: Any) -> Any:
@@ -66,37 +67,77 @@ def _pull_options(f: Any) -> Any:
     opts = [
         click.option("--include", multiple=True, help="Glob of files to take (repeatable)."),
         click.option("--exclude", multiple=True, help="Glob of files to skip (repeatable)."),
-        click.option("--layout", type=click.Choice([lay.value for lay in Layout]),
-                     default=Layout.DUAL.value, show_default=True),
+        click.option(
+            "--layout",
+            type=click.Choice([lay.value for lay in Layout]),
+            default=Layout.DUAL.value,
+            show_default=True,
+        ),
         click.option("--name", default=None, help="Model name (default: the repo's name)."),
         click.option("--triton-name", default=None, help="Triton model directory name."),
-        click.option("--vllm-arg", "vllm_args", multiple=True, metavar="KEY=VALUE",
-                     help="vLLM engine argument for model-defaults.json (repeatable)."),
-        click.option("--patch-tokenizer", is_flag=True,
-                     help="TokenizersBackend -> PreTrainedTokenizerFast (SGLang 0.5.x)."),
-        click.option("--nar-hash", "expect_nar", default=None,
-                     help="Refuse anything whose content hash is not this (SRI)."),
+        click.option(
+            "--vllm-arg",
+            "vllm_args",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="vLLM engine argument for model-defaults.json (repeatable).",
+        ),
+        click.option(
+            "--patch-tokenizer",
+            is_flag=True,
+            help="TokenizersBackend -> PreTrainedTokenizerFast (SGLang 0.5.x).",
+        ),
+        click.option(
+            "--nar-hash",
+            "expect_nar",
+            default=None,
+            help="Refuse anything whose content hash is not this (SRI).",
+        ),
         click.option("--no-wait", is_flag=True, help="Fail instead of waiting for another pull."),
-        click.option("--store", "store_mode", type=click.Choice(["state", "nix"]),
-                     default="state", show_default=True,
-                     help="'nix' also imports the entry into the Nix store with a GC root."),
-        click.option("--nix-store", "nix_store_uri", default=None, envvar="MODEL_PULL_NIX_STORE",
-                     help="Another Nix store (e.g. a chroot store directory) for --store nix."),
+        click.option(
+            "--store",
+            "store_mode",
+            type=click.Choice(["state", "nix"]),
+            default="state",
+            show_default=True,
+            help="'nix' also imports the entry into the Nix store with a GC root.",
+        ),
+        click.option(
+            "--nix-store",
+            "nix_store_uri",
+            default=None,
+            envvar="MODEL_PULL_NIX_STORE",
+            help="Another Nix store (e.g. a chroot store directory) for --store nix.",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
     return f
 
 
-def _options(include: tuple[str, ...], exclude: tuple[str, ...], layout: str, name: str | None,
-             triton_name: str | None, vllm_args: tuple[str, ...], patch_tokenizer: bool,
-             expect_nar: str | None) -> Options:
+def _options(
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    layout: str,
+    name: str | None,
+    triton_name: str | None,
+    vllm_args: tuple[str, ...],
+    patch_tokenizer: bool,
+    expect_nar: str | None,
+) -> Options:
     from model_pull.layouts import parse_engine_args
     from model_pull.pull import Options
 
-    return Options(layout=Layout(layout), name=name, include=include, exclude=exclude,
-                   triton_name=triton_name, engine_defaults=parse_engine_args(vllm_args),
-                   patch_tokenizer=patch_tokenizer, expect_nar=expect_nar)
+    return Options(
+        layout=Layout(layout),
+        name=name,
+        include=include,
+        exclude=exclude,
+        triton_name=triton_name,
+        engine_defaults=parse_engine_args(vllm_args),
+        patch_tokenizer=patch_tokenizer,
+        expect_nar=expect_nar,
+    )
 
 
 def _report(installed: Installed, as_json: bool, store_path: str | None) -> None:
@@ -111,14 +152,15 @@ def _report(installed: Installed, as_json: bool, store_path: str | None) -> None
     click.echo(f"{installed.name}: {state}")
     click.echo(f"  entry     {installed.entry.path}")
     click.echo(f"  narHash   {installed.nar_hash}")
-    click.echo(f"  revision  {installed.revision}  ({installed.repo}, layout {installed.layout}, "
-               f"{len(installed.files)} files, {human_size(size)})")
+    click.echo(
+        f"  revision  {installed.revision}  ({installed.repo}, layout {installed.layout}, "
+        f"{len(installed.files)} files, {human_size(size)})"
+    )
     if store_path:
         click.echo(f"  nix store {store_path}")
 
 
-def _nix_import(installed: Installed, root: StateRoot, mode: str,
-                uri: str | None) -> str | None:
+def _nix_import(installed: Installed, root: StateRoot, mode: str, uri: str | None) -> str | None:
     if mode != "nix":
         return None
     from model_pull.nix import add_entry
@@ -129,14 +171,19 @@ def _nix_import(installed: Installed, root: StateRoot, mode: str,
 @click.group(invoke_without_command=True)
 @click.version_option(__version__, prog_name="model-pull")
 @click.option("-v", "--verbose", is_flag=True, help="Log what is being done.")
-@click.option("--no-restart", is_flag=True,
-              help="With no command: do not restart the units waiting for new entries.")
-@click.option("--no-wait", is_flag=True,
-              help="With no command: fail instead of waiting for another pull.")
+@click.option(
+    "--no-restart",
+    is_flag=True,
+    help="With no command: do not restart the units waiting for new entries.",
+)
+@click.option(
+    "--no-wait", is_flag=True, help="With no command: fail instead of waiting for another pull."
+)
 @_root_option
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool, no_restart: bool, no_wait: bool,
-        root: Path | None) -> None:
+def cli(
+    ctx: click.Context, verbose: bool, no_restart: bool, no_wait: bool, root: Path | None
+) -> None:
     """Fetch, verify and package Hugging Face weights into immutable entries.
 
     With no command (as root): pull every model the NixOS manifest declares
@@ -146,8 +193,11 @@ def cli(ctx: click.Context, verbose: bool, no_restart: bool, no_wait: bool,
     for level in (logging.DEBUG, logging.INFO, logging.WARNING):  # "warning: ...", as ours
         logging.addLevelName(level, logging.getLevelName(level).lower())
     logging.basicConfig(
-        level=logging.DEBUG if os.environ.get(DEBUG_ENV) else
-        logging.INFO if verbose else logging.WARNING,
+        level=logging.DEBUG
+        if os.environ.get(DEBUG_ENV)
+        else logging.INFO
+        if verbose
+        else logging.WARNING,
         format="%(levelname)s: %(message)s",
     )
     if ctx.invoked_subcommand is None:
@@ -166,8 +216,15 @@ def _sync(*, restart: bool, wait: bool, root: Path | None) -> None:
         _error_line(f"{name}: {exc}")
 
     manifest = Manifest.load()
-    result = sync.sync(manifest, root=root, restart=restart, progress=Progress(True), wait=wait,
-                       say=say, on_error=model_failed)
+    result = sync.sync(
+        manifest,
+        root=root,
+        restart=restart,
+        progress=Progress(True),
+        wait=wait,
+        say=say,
+        on_error=model_failed,
+    )
     for outcome in result.restarted:
         click.echo(f"  {outcome.unit}: {outcome.describe()}")
         for line in outcome.journal:
@@ -184,19 +241,43 @@ def _sync(*, restart: bool, wait: bool, root: Path | None) -> None:
 @cli.command()
 @click.argument("repo")
 @click.option("--revision", default="main", show_default=True, help="Branch, tag or commit.")
-@click.option("--token-file", type=click.Path(path_type=Path), default=None,
-              help="File holding the HF token (else $HF_TOKEN).")
-@click.option("--runtime", type=click.Choice([r.value for r in Runtime]), default=None,
-              help="Runtime the check plans for (default: llama-server for gguf, else vllm).")
-@click.option("--gpu", "gpus", multiple=True, metavar="SPEC",
-              help="Check against this GPU instead of NVML (repeatable).")
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="File holding the HF token (else $HF_TOKEN).",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice([r.value for r in Runtime]),
+    default=None,
+    help="Runtime the check plans for (default: llama-server for gguf, else vllm).",
+)
+@click.option(
+    "--gpu",
+    "gpus",
+    multiple=True,
+    metavar="SPEC",
+    help="Check against this GPU instead of NVML (repeatable).",
+)
 @click.option("--force", is_flag=True, help="Pull even if the check says it cannot run.")
 @_pull_options
 @_root_option
 @_json_option
-def fetch(repo: str, revision: str, token_file: Path | None, root: Path | None,
-          as_json: bool, no_wait: bool, store_mode: str, nix_store_uri: str | None,
-          runtime: str | None, gpus: tuple[str, ...], force: bool, **opts: Any) -> None:
+def fetch(
+    repo: str,
+    revision: str,
+    token_file: Path | None,
+    root: Path | None,
+    as_json: bool,
+    no_wait: bool,
+    store_mode: str,
+    nix_store_uri: str | None,
+    runtime: str | None,
+    gpus: tuple[str, ...],
+    force: bool,
+    **opts: Any,
+) -> None:
     """Download REPO at a pinned revision, verify, package and install it.
 
     First checks, from metadata only, that the model can run on this GPU (or --gpu).
@@ -207,16 +288,34 @@ def fetch(repo: str, revision: str, token_file: Path | None, root: Path | None,
     state = _state(root)
     remote = hub.Remote(token=hub.read_token(token_file))
     options = _options(**opts)
-    rt = Runtime(runtime) if runtime else (
-        Runtime.LLAMA_SERVER if options.layout is Layout.GGUF else None)
+    rt = (
+        Runtime(runtime)
+        if runtime
+        else (Runtime.LLAMA_SERVER if options.layout is Layout.GGUF else None)
+    )
 
     def gate(commit: str, chosen: list[Any]) -> None:
-        check.gate_fetch(repo, commit, [(f.path, f.size) for f in chosen], remote=remote,
-                         runtime=rt, gpu_specs=gpus, force=force,
-                         warn=lambda m: click.echo(f"warning: {m}", err=True))
+        check.gate_fetch(
+            repo,
+            commit,
+            [(f.path, f.size) for f in chosen],
+            remote=remote,
+            runtime=rt,
+            gpu_specs=gpus,
+            force=force,
+            warn=lambda m: click.echo(f"warning: {m}", err=True),
+        )
 
-    installed = pull.fetch(repo, revision, options, state, remote,
-                           progress=Progress(not as_json), wait=not no_wait, preflight=gate)
+    installed = pull.fetch(
+        repo,
+        revision,
+        options,
+        state,
+        remote,
+        progress=Progress(not as_json),
+        wait=not no_wait,
+        preflight=gate,
+    )
     _report(installed, as_json, _nix_import(installed, state, store_mode, nix_store_uri))
 
 
@@ -227,16 +326,31 @@ def fetch(repo: str, revision: str, token_file: Path | None, root: Path | None,
 @_pull_options
 @_root_option
 @_json_option
-def package(src: Path, repo: str | None, revision: str | None, root: Path | None,
-            as_json: bool, no_wait: bool, store_mode: str, nix_store_uri: str | None,
-            **opts: Any) -> None:
+def package(
+    src: Path,
+    repo: str | None,
+    revision: str | None,
+    root: Path | None,
+    as_json: bool,
+    no_wait: bool,
+    store_mode: str,
+    nix_store_uri: str | None,
+    **opts: Any,
+) -> None:
     """Package weights already on disk (a directory or an HF cache models--org--name tree)."""
     from model_pull import pull
     from model_pull.progress import Progress
 
     state = _state(root)
-    installed = pull.package(src, _options(**opts), state, repo=repo, revision=revision,
-                             progress=Progress(not as_json), wait=not no_wait)
+    installed = pull.package(
+        src,
+        _options(**opts),
+        state,
+        repo=repo,
+        revision=revision,
+        progress=Progress(not as_json),
+        wait=not no_wait,
+    )
     _report(installed, as_json, _nix_import(installed, state, store_mode, nix_store_uri))
 
 
@@ -247,9 +361,17 @@ def package(src: Path, repo: str | None, revision: str | None, root: Path | None
 @_pull_options
 @_root_option
 @_json_option
-def prefetch(repo: str, revision: str, token_file: Path | None, root: Path | None,
-             as_json: bool, no_wait: bool, store_mode: str, nix_store_uri: str | None,
-             **opts: Any) -> None:
+def prefetch(
+    repo: str,
+    revision: str,
+    token_file: Path | None,
+    root: Path | None,
+    as_json: bool,
+    no_wait: bool,
+    store_mode: str,
+    nix_store_uri: str | None,
+    **opts: Any,
+) -> None:
     """Fetch, then print the declaration that pins it (like nix-prefetch-url).
 
     The output is a Nix attribute set with every option that changes the entry's bytes and
@@ -260,8 +382,15 @@ def prefetch(repo: str, revision: str, token_file: Path | None, root: Path | Non
 
     state = _state(root)
     options = _options(**opts)
-    installed = pull.fetch(repo, revision, options, state, hub.Remote(token=hub.read_token(
-        token_file)), progress=Progress(not as_json), wait=not no_wait)
+    installed = pull.fetch(
+        repo,
+        revision,
+        options,
+        state,
+        hub.Remote(token=hub.read_token(token_file)),
+        progress=Progress(not as_json),
+        wait=not no_wait,
+    )
     _nix_import(installed, state, store_mode, nix_store_uri)
     declaration = installed.entry.manifest().spec.declaration(installed.nar_hash)
     if as_json:
@@ -285,8 +414,12 @@ def hash_cmd(path: Path, name: str | None, as_json: bool) -> None:
     except ValueError as exc:
         raise ModelPullError(ExitCode.BAD_INPUT, str(exc), hint="pass --name") from exc
     if as_json:
-        out: HashJson = {"path": str(path), "narHash": nar.sri, "narSize": nar.size,
-                         "storePath": store_path}
+        out: HashJson = {
+            "path": str(path),
+            "narHash": nar.sri,
+            "narSize": nar.size,
+            "storePath": store_path,
+        }
         _emit(out)
     else:
         click.echo(nar.sri)
@@ -315,10 +448,12 @@ def verify(names: tuple[str, ...], root: Path | None, as_json: bool) -> None:
                 click.echo(f"  {problem}")
     bad = [r for r in results if not r.ok]
     if bad:
-        raise ModelPullError(ExitCode.VERIFY_FAILED,
-                             f"{len(bad)} entr{'y' if len(bad) == 1 else 'ies'} corrupted: "
-                             + ", ".join(r.name for r in bad),
-                             hint="pull again (the store entry is replaced) and run gc")
+        raise ModelPullError(
+            ExitCode.VERIFY_FAILED,
+            f"{len(bad)} entr{'y' if len(bad) == 1 else 'ies'} corrupted: "
+            + ", ".join(r.name for r in bad),
+            hint="pull again (the store entry is replaced) and run gc",
+        )
 
 
 @cli.command("list")
@@ -334,28 +469,38 @@ def list_cmd(root: Path | None, as_json: bool) -> None:
             manifest = entry.manifest() if entry else None
         except (OSError, ValueError):
             manifest = None
-        rows.append({
-            "name": name, "path": str(entry.path) if entry else None,
-            "repo": manifest.spec.repo if manifest else None,
-            "revision": manifest.spec.revision if manifest else None,
-            "layout": str(manifest.spec.layout) if manifest else None,
-            "narHash": state.nar_hash_of(entry) if entry else None,
-            "size": files_total(manifest.files) if manifest else 0,
-            "previous": state.history(name)[-1:] or None,
-        })
+        rows.append(
+            {
+                "name": name,
+                "path": str(entry.path) if entry else None,
+                "repo": manifest.spec.repo if manifest else None,
+                "revision": manifest.spec.revision if manifest else None,
+                "layout": str(manifest.spec.layout) if manifest else None,
+                "narHash": state.nar_hash_of(entry) if entry else None,
+                "size": files_total(manifest.files) if manifest else 0,
+                "previous": state.history(name)[-1:] or None,
+            }
+        )
     if as_json:
         listed: ListJson = {"models": rows}
         _emit(listed)
         return
     for row in rows:
-        click.echo(f"{row['name']}\t{row['repo']}@{(row['revision'] or '?')[:12]}\t"
-                   f"{row['layout']}\t{human_size(row['size'])}\t{row['path']}")
+        click.echo(
+            f"{row['name']}\t{row['repo']}@{(row['revision'] or '?')[:12]}\t"
+            f"{row['layout']}\t{human_size(row['size'])}\t{row['path']}"
+        )
 
 
 @cli.command()
-@click.option("--keep", type=click.IntRange(min=0), default=None, metavar="N",
-              help="First forget all but the last N previous entries of each model "
-                   "(default: keep the whole history).")
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="First forget all but the last N previous entries of each model "
+    "(default: keep the whole history).",
+)
 @_root_option
 @_json_option
 def gc(keep: int | None, root: Path | None, as_json: bool) -> None:
@@ -404,9 +549,12 @@ def refuse_if_pinned(state: StateRoot, name: str) -> None:
         return
     previous = [b for b in state.history(name) if (state.store / b).is_dir()]
     nar = state.nar_hash_of(Entry(state.store / previous[-1])) if previous else None
-    how = (f'set services.inference.models.{name}.narHash = "{nar}" (its previous entry)'
-           if nar else f"set services.inference.models.{name}.narHash to the entry you want "
-           "(model-pull list --json shows each entry's narHash)")
+    how = (
+        f'set services.inference.models.{name}.narHash = "{nar}" (its previous entry)'
+        if nar
+        else f"set services.inference.models.{name}.narHash to the entry you want "
+        "(model-pull list --json shows each entry's narHash)"
+    )
     raise ModelPullError(
         ExitCode.PINNED,
         f"{name} is pinned to narHash {declared.nar_hash}: its units serve that entry "
@@ -416,8 +564,13 @@ def refuse_if_pinned(state: StateRoot, name: str) -> None:
 
 
 @cli.command()
-@click.option("--root", type=click.Path(path_type=Path), default=Path("demo-root"),
-              show_default=True, help="Where the demo's Hub and state root go.")
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path),
+    default=Path("demo-root"),
+    show_default=True,
+    help="Where the demo's Hub and state root go.",
+)
 def demo(root: Path) -> None:
     """Run the whole job on a generated tiny model, offline (loopback Hub)."""
     from model_pull import demo as demo_mod
@@ -425,32 +578,58 @@ def demo(root: Path) -> None:
     result = demo_mod.run(root.resolve(), lambda line: click.echo(line, err=True))
     _report(result.installed, False, None)
     click.echo(f"  offline   vLLM's snapshot_download(local_files_only=True) -> {result.resolved}")
-    click.echo(f"  serve it  HF_HUB_CACHE={result.installed.entry.path}/share/models/hub "
-               f"HF_HUB_OFFLINE=1 vllm serve {result.installed.repo}")
+    click.echo(
+        f"  serve it  HF_HUB_CACHE={result.installed.entry.path}/share/models/hub "
+        f"HF_HUB_OFFLINE=1 vllm serve {result.installed.repo}"
+    )
 
 
 @cli.command("check")
 @click.argument("target", metavar="NAME|PATH|REPO")
 @click.option("--revision", help="Hub revision (branch, tag or commit) for a REPO.")
-@click.option("--runtime", type=click.Choice([r.value for r in Runtime]),
-              help="Runtime to plan for (default: llama-server for GGUF, else vllm).")
-@click.option("--gpu", "gpus", multiple=True, metavar="SPEC",
-              help="Plan for a GPU instead of reading NVML: 8.9:24GiB or a name (L4, H100 ...). "
-                   "Repeat for several.")
-@click.option("--package-sm", metavar="LIST",
-              help="SMs the runtime build was compiled for (cudaCapabilities), e.g. 8.9,9.0.")
-@click.option("--no-forward-compat", is_flag=True,
-              help="The build has no PTX (nixpkgs cudaForwardCompat = false).")
+@click.option(
+    "--runtime",
+    type=click.Choice([r.value for r in Runtime]),
+    help="Runtime to plan for (default: llama-server for GGUF, else vllm).",
+)
+@click.option(
+    "--gpu",
+    "gpus",
+    multiple=True,
+    metavar="SPEC",
+    help="Plan for a GPU instead of reading NVML: 8.9:24GiB or a name (L4, H100 ...). "
+    "Repeat for several.",
+)
+@click.option(
+    "--package-sm",
+    metavar="LIST",
+    help="SMs the runtime build was compiled for (cudaCapabilities), e.g. 8.9,9.0.",
+)
+@click.option(
+    "--no-forward-compat",
+    is_flag=True,
+    help="The build has no PTX (nixpkgs cudaForwardCompat = false).",
+)
 @click.option("--context", type=int, help="Context length (default: the model's maximum).")
 @click.option("--parallel", type=int, help="Parallel sequences (default: the runtime's).")
 @click.option("--kv-cache-dtype", metavar="T", help="KV cache type: fp8, q8_0, q4_0, f16 ...")
 @click.option("--strict", is_flag=True, help="Fail (exit 30) unless the verdict is native.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_root_option
-def check_cmd(target: str, revision: str | None, runtime: str | None, gpus: tuple[str, ...],
-              package_sm: str | None, no_forward_compat: bool, context: int | None,
-              parallel: int | None, kv_cache_dtype: str | None, strict: bool, as_json: bool,
-              root: Path | None) -> None:
+def check_cmd(
+    target: str,
+    revision: str | None,
+    runtime: str | None,
+    gpus: tuple[str, ...],
+    package_sm: str | None,
+    no_forward_compat: bool,
+    context: int | None,
+    parallel: int | None,
+    kv_cache_dtype: str | None,
+    strict: bool,
+    as_json: bool,
+    root: Path | None,
+) -> None:
     """Will this model run on this GPU, with this runtime build, in this much memory?
 
     Reads metadata only (config.json, hf_quant_config.json, GGUF headers), never weights.
@@ -465,9 +644,17 @@ def check_cmd(target: str, revision: str | None, runtime: str | None, gpus: tupl
             rt = rt or unit.runtime
             arches = unit.arches
     found, problem = check.gather_gpus(gpus)
-    report = check.preflight(meta, rt, found, gpu_problem=problem, package_arches=arches,
-                             forward_compat=not no_forward_compat, context=context,
-                             parallel=parallel, kv_cache_dtype=kv_cache_dtype)
+    report = check.preflight(
+        meta,
+        rt,
+        found,
+        gpu_problem=problem,
+        package_arches=arches,
+        forward_compat=not no_forward_compat,
+        context=context,
+        parallel=parallel,
+        kv_cache_dtype=kv_cache_dtype,
+    )
     if as_json:
         _emit(report.to_json())
     else:
@@ -520,13 +707,15 @@ def _failure(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, click.ClickException):  # usage: unknown option, bad value, no argument
         return exc.exit_code, _usage_line(exc)
     if isinstance(exc, PermissionError):
-        return ExitCode.PERMISSION, (f"permission denied: {exc.filename or exc} "
-                                     "(run it as root: sudo model-pull ...)")
+        return ExitCode.PERMISSION, (
+            f"permission denied: {exc.filename or exc} (run it as root: sudo model-pull ...)"
+        )
     if isinstance(exc, OSError) and exc.strerror:
-        return ExitCode.ERROR, f"{exc.strerror}: {exc.filename}" if exc.filename \
-            else exc.strerror
-    return ExitCode.ERROR, (f"unexpected {type(exc).__name__}: {exc} (a bug in model-pull: run "
-                            f"it again with {DEBUG_ENV}=1 for the traceback, and report it)")
+        return ExitCode.ERROR, f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return ExitCode.ERROR, (
+        f"unexpected {type(exc).__name__}: {exc} (a bug in model-pull: run "
+        f"it again with {DEBUG_ENV}=1 for the traceback, and report it)"
+    )
 
 
 def main() -> None:

@@ -82,28 +82,45 @@ S75, S80, S89, S90, S100 = Sm(7, 5), Sm(8, 0), Sm(8, 9), Sm(9, 0), Sm(10, 0)
 BEFORE_80, BEFORE_89, BEFORE_100 = Sm(7, 9), Sm(8, 8), Sm(9, 9)
 
 N, E, U, X = Support.NATIVE, Support.EMULATED, Support.UNKNOWN, Support.UNSUPPORTED
-VLLM_HW = ("vLLM, quantization: supported hardware "
-           "(https://docs.vllm.ai/en/stable/features/quantization/)")
+VLLM_HW = (
+    "vLLM, quantization: supported hardware (https://docs.vllm.ai/en/stable/features/quantization/)"
+)
 VLLM_FP8 = "vLLM, FP8 W8A8 (https://docs.vllm.ai/en/stable/features/quantization/fp8/)"
-VLLM_GPU = ("vLLM, GPU installation: compute capability 7.0 or higher "
-            "(https://docs.vllm.ai/en/stable/getting_started/installation/gpu.html)")
-MODELOPT_DEPLOY = ("NVIDIA Model Optimizer, unified checkpoint deployment "
-                   "(https://nvidia.github.io/TensorRT-Model-Optimizer/deployment/3_unified_hf.html)")
-MODELOPT_MATRIX = ("NVIDIA Model Optimizer, support matrix "
-                   "(https://nvidia.github.io/TensorRT-Model-Optimizer/guides/0_support_matrix.html)")
-TRTLLM_MATRIX = ("TensorRT-LLM, support matrix "
-                 "(https://nvidia.github.io/TensorRT-LLM/reference/support-matrix.html)")
-TRTLLM_PRECISION = ("TensorRT-LLM, numerical precision "
-                    "(https://nvidia.github.io/TensorRT-LLM/reference/precision.html)")
-NVIDIA_TE = ("NVIDIA Transformer Engine, datatype support by compute capability "
-             "(https://nvidia.github.io/TransformerEngine/support_matrix.html)")
+VLLM_GPU = (
+    "vLLM, GPU installation: compute capability 7.0 or higher "
+    "(https://docs.vllm.ai/en/stable/getting_started/installation/gpu.html)"
+)
+MODELOPT_DEPLOY = (
+    "NVIDIA Model Optimizer, unified checkpoint deployment "
+    "(https://nvidia.github.io/TensorRT-Model-Optimizer/deployment/3_unified_hf.html)"
+)
+MODELOPT_MATRIX = (
+    "NVIDIA Model Optimizer, support matrix "
+    "(https://nvidia.github.io/TensorRT-Model-Optimizer/guides/0_support_matrix.html)"
+)
+TRTLLM_MATRIX = (
+    "TensorRT-LLM, support matrix "
+    "(https://nvidia.github.io/TensorRT-LLM/reference/support-matrix.html)"
+)
+TRTLLM_PRECISION = (
+    "TensorRT-LLM, numerical precision "
+    "(https://nvidia.github.io/TensorRT-LLM/reference/precision.html)"
+)
+NVIDIA_TE = (
+    "NVIDIA Transformer Engine, datatype support by compute capability "
+    "(https://nvidia.github.io/TransformerEngine/support_matrix.html)"
+)
 TORCHAO = "TorchAO float8 needs compute capability 8.9 (https://github.com/pytorch/ao)"
-LLAMA_CPP = ("llama.cpp, CUDA backend "
-             "(https://github.com/ggml-org/llama.cpp/blob/master/docs/build.md)")
-GPTOSS = ("vLLM recipes, GPT-OSS "
-          "(https://docs.vllm.ai/projects/recipes/en/latest/OpenAI/GPT-OSS.html)")
-CUDA_GUIDE = ("CUDA C++ Programming Guide, binary and PTX compatibility "
-              "(https://docs.nvidia.com/cuda/cuda-c-programming-guide/)")
+LLAMA_CPP = (
+    "llama.cpp, CUDA backend (https://github.com/ggml-org/llama.cpp/blob/master/docs/build.md)"
+)
+GPTOSS = (
+    "vLLM recipes, GPT-OSS (https://docs.vllm.ai/projects/recipes/en/latest/OpenAI/GPT-OSS.html)"
+)
+CUDA_GUIDE = (
+    "CUDA C++ Programming Guide, binary and PTX compatibility "
+    "(https://docs.nvidia.com/cuda/cuda-c-programming-guide/)"
+)
 
 # fmt: off
 TABLE: tuple[Row, ...] = (
@@ -200,15 +217,22 @@ def decide(runtime: Runtime, method: Method, scheme: Scheme, algo: str, sm: Sm) 
     if scheme is Scheme.UNKNOWN:
         # Only the format rows (any scheme) can still say no; nothing can say yes.
         for row in TABLE:
-            if row.schemes is None and row.support is X and row.matches(
-                    runtime, method, scheme, algo, sm):
+            if (
+                row.schemes is None
+                and row.support is X
+                and row.matches(runtime, method, scheme, algo, sm)
+            ):
                 return Decision(row.support, row.how, row.source)
         return Decision(U, f"quantization {algo!r} is not recognised", "-")
     for row in TABLE:
         if row.matches(runtime, method, scheme, algo, sm):
             return Decision(row.support, row.how, row.source)
-    return Decision(U, f"no row in the compatibility table for {scheme.value} ({method.value}) "
-                       f"with {runtime.value} on SM {sm}", "-")
+    return Decision(
+        U,
+        f"no row in the compatibility table for {scheme.value} ({method.value}) "
+        f"with {runtime.value} on SM {sm}",
+        "-",
+    )
 
 
 # --- builds compiled for some SMs only ---------------------------------------------------------
@@ -253,18 +277,30 @@ def code_sm(gpu: Sm, arches: tuple[PackageArch, ...], forward_compat: bool = Tru
     exact = [a for a in arches if a.sm == gpu]
     if exact:
         return CodeSm(gpu, f"the build has sm_{gpu.major}{gpu.minor} code")
-    same_major = [a.sm for a in arches if a.variant != "a" and a.sm.major == gpu.major
-                  and a.sm.minor <= gpu.minor]
+    same_major = [
+        a.sm
+        for a in arches
+        if a.variant != "a" and a.sm.major == gpu.major and a.sm.minor <= gpu.minor
+    ]
     if same_major:
         best = max(same_major)
-        return CodeSm(best, f"runs the build's sm_{best.major}{best.minor} code "
-                            f"(binary compatible within SM {gpu.major}.x)")
+        return CodeSm(
+            best,
+            f"runs the build's sm_{best.major}{best.minor} code "
+            f"(binary compatible within SM {gpu.major}.x)",
+        )
     portable = [a.sm for a in arches if a.variant == ""]
     if forward_compat and portable and max(portable) < gpu:
         ptx = max(portable)
-        return CodeSm(ptx, f"no sm_{gpu.major}{gpu.minor} code in the build: kernels JIT-compile "
-                           f"from compute_{ptx.major}{ptx.minor} PTX at first start (slow start)")
+        return CodeSm(
+            ptx,
+            f"no sm_{gpu.major}{gpu.minor} code in the build: kernels JIT-compile "
+            f"from compute_{ptx.major}{ptx.minor} PTX at first start (slow start)",
+        )
     listed = ", ".join(str(a) for a in arches)
-    why = "PTX only runs on the same or newer SMs" if forward_compat else \
-        "and the build has no PTX (cudaForwardCompat off)"
+    why = (
+        "PTX only runs on the same or newer SMs"
+        if forward_compat
+        else "and the build has no PTX (cudaForwardCompat off)"
+    )
     return CodeSm(None, f"the build has code for SM {listed} only; SM {gpu} cannot run it ({why})")

@@ -126,8 +126,11 @@ class EntrySpec:
     patch_tokenizer: bool = False
 
     def __post_init__(self) -> None:
-        triton = (self.triton_name or default_triton_name(self.repo)) \
-            if self.layout.has_triton_dir else None
+        triton = (
+            (self.triton_name or default_triton_name(self.repo))
+            if self.layout.has_triton_dir
+            else None
+        )
         object.__setattr__(self, "triton_name", triton)
         object.__setattr__(self, "include", tuple(self.include))
         object.__setattr__(self, "exclude", tuple(self.exclude))
@@ -207,7 +210,8 @@ class EntryManifest:
                 layout=Layout(_str(data, "layout")),
                 include=_strings(data, "include"),
                 exclude=_strings(data, "exclude"),
-                triton_name=data.get("tritonName") if isinstance(data.get("tritonName"), str)
+                triton_name=data.get("tritonName")
+                if isinstance(data.get("tritonName"), str)
                 else None,
                 engine_defaults=_object(data, "engineDefaults"),
                 patch_tokenizer=data.get("patchTokenizer", False) is True,
@@ -254,8 +258,12 @@ def _object(data: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 
 def _file_record(raw: Any) -> FileRecord:
-    if not (isinstance(raw, dict) and isinstance(raw.get("path"), str)
-            and isinstance(raw.get("size"), int) and isinstance(raw.get("sha256"), str)):
+    if not (
+        isinstance(raw, dict)
+        and isinstance(raw.get("path"), str)
+        and isinstance(raw.get("size"), int)
+        and isinstance(raw.get("sha256"), str)
+    ):
         raise ValueError(f"bad file record {raw!r}")
     record: FileRecord = {"path": raw["path"], "size": raw["size"], "sha256": raw["sha256"]}
     if isinstance(raw.get("patched"), str):

@@ -633,15 +633,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     404, f"{filename} does not exist at {commit}", ErrorCode.ENTRY_NOT_FOUND
                 )
         except _HttpError as err:
-            self.log_request_done(RequestRecord(method, repo_id, filename, range_header,
-                                                err.status, 0))
+            self.log_request_done(
+                RequestRecord(method, repo_id, filename, range_header, err.status, 0)
+            )
             raise
         status, start, end = 200, 0, entry.size - 1
         if range_header:
             parsed = _parse_range(range_header, entry.size)
             if parsed is None:
-                self.log_request_done(RequestRecord(method, repo_id, filename, range_header,
-                                                    416, 0))
+                self.log_request_done(
+                    RequestRecord(method, repo_id, filename, range_header, 416, 0)
+                )
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{entry.size}")
                 self.send_header("Content-Length", "0")
@@ -666,8 +668,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 with self.hub.blob_path(entry.sha256).open("rb") as blob:
                     sent = self.send_file(blob, start, length, repo_id, filename)
         finally:
-            self.log_request_done(RequestRecord(method, repo_id, filename, range_header, status,
-                                                sent))
+            self.log_request_done(
+                RequestRecord(method, repo_id, filename, range_header, status, sent)
+            )
 
     def send_file(self, blob: BinaryIO, start: int, length: int, repo_id: str, path: str) -> int:
         """Send `length` bytes of `blob` from `start` (sendfile); the bytes sent."""

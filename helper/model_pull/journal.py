@@ -37,8 +37,9 @@ def journal_root(address: str) -> str | None:
     return None
 
 
-def journal_tail(unit: str, address: str, lines: int = JOURNAL_LINES,
-                 since: float | None = None) -> tuple[str, ...]:
+def journal_tail(
+    unit: str, address: str, lines: int = JOURNAL_LINES, since: float | None = None
+) -> tuple[str, ...]:
     """The last lines of a unit's journal as "ident[pid]: message", or one line saying why not.
 
     With `since` (seconds since the epoch), only lines logged from then on.

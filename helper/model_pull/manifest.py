@@ -68,16 +68,20 @@ class Manifest:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise ModelPullError(
-                ExitCode.BAD_MANIFEST, f"no manifest at {path}",
+                ExitCode.BAD_MANIFEST,
+                f"no manifest at {path}",
                 hint="enable services.inference on this machine, or set MODEL_PULL_MANIFEST",
             ) from exc
         except OSError as exc:
-            raise ModelPullError(ExitCode.BAD_MANIFEST,
-                                 f"cannot read manifest {path}: {exc.strerror}",
-                                 hint="run as root, or set MODEL_PULL_MANIFEST") from exc
+            raise ModelPullError(
+                ExitCode.BAD_MANIFEST,
+                f"cannot read manifest {path}: {exc.strerror}",
+                hint="run as root, or set MODEL_PULL_MANIFEST",
+            ) from exc
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelPullError(ExitCode.BAD_MANIFEST, f"manifest {path} is not JSON: {exc}",
-                                 hint=_HINT) from exc
+            raise ModelPullError(
+                ExitCode.BAD_MANIFEST, f"manifest {path} is not JSON: {exc}", hint=_HINT
+            ) from exc
         return _Reader(path).manifest(data)
 
     @classmethod
@@ -116,16 +120,25 @@ class _Reader:
         self.path = path
 
     def fail(self, where: str, what: str) -> ModelPullError:
-        return ModelPullError(ExitCode.BAD_MANIFEST, f"manifest {self.path}: {where} {what}",
-                              hint=_HINT)
+        return ModelPullError(
+            ExitCode.BAD_MANIFEST, f"manifest {self.path}: {where} {what}", hint=_HINT
+        )
 
     def obj(self, value: Any, where: str) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.fail(where, "must be an object")
         return value
 
-    def get(self, obj: Mapping[str, Any], key: str, where: str, kind: type, *,
-            default: Any = ..., nullable: bool = False) -> Any:
+    def get(
+        self,
+        obj: Mapping[str, Any],
+        key: str,
+        where: str,
+        kind: type,
+        *,
+        default: Any = ...,
+        nullable: bool = False,
+    ) -> Any:
         if key not in obj:
             if default is ...:
                 raise self.fail(_join(where, key), "is missing")
@@ -168,8 +181,9 @@ class _Reader:
         }
         units = {
             name: self.unit(name, self.obj(spec, f"units.{name}"))
-            for name, spec in self.obj(self.get(top, "units", "", dict, default={}),
-                                       "units").items()
+            for name, spec in self.obj(
+                self.get(top, "units", "", dict, default={}), "units"
+            ).items()
         }
         for model in models.values():
             for unit in model.units:
@@ -178,8 +192,7 @@ class _Reader:
         for declared in units.values():
             for name in declared.models:
                 if name not in models:
-                    raise self.fail(f"units.{declared.name}.models",
-                                    f"names {name}, not in models")
+                    raise self.fail(f"units.{declared.name}.models", f"names {name}, not in models")
         return Manifest(
             path=self.path,
             root=Path(self.get(top, "root", "", str, default=str(DEFAULT_ROOT))),
@@ -220,6 +233,11 @@ def _join(where: str, key: str) -> str:
 
 
 def _kind_name(kind: type, nullable: bool) -> str:
-    name = {str: "a string", int: "an integer", bool: "true or false", list: "a list",
-            dict: "an object"}.get(kind, kind.__name__)
+    name = {
+        str: "a string",
+        int: "an integer",
+        bool: "true or false",
+        list: "a list",
+        dict: "an object",
+    }.get(kind, kind.__name__)
     return f"{name} or null" if nullable else name

@@ -45,8 +45,13 @@ class ModelMetadata:
 
     @classmethod
     def from_files(
-        cls, files: Mapping[str, Any], weight_bytes: int, *, gguf_header: bytes | None = None,
-        gguf_size: int | None = None, description: str = "",
+        cls,
+        files: Mapping[str, Any],
+        weight_bytes: int,
+        *,
+        gguf_header: bytes | None = None,
+        gguf_size: int | None = None,
+        description: str = "",
     ) -> ModelMetadata:
         """From small metadata files' parsed contents ({"config.json": {...},
         "hf_quant_config.json": {...}}), the total weight bytes of the listing, and for a GGUF
@@ -58,15 +63,22 @@ class ModelMetadata:
             return cls.from_gguf(info, weight_bytes, description)
         config = files.get("config.json")
         hqc = files.get("hf_quant_config.json")
-        q = quant.detect(config if isinstance(config, Mapping) else None,
-                         hqc if isinstance(hqc, Mapping) else None)
+        q = quant.detect(
+            config if isinstance(config, Mapping) else None,
+            hqc if isinstance(hqc, Mapping) else None,
+        )
         arch = fit.Architecture.from_hf_config(config) if isinstance(config, Mapping) else None
         return cls(description, q, arch, weight_bytes)
 
     @classmethod
     def from_gguf(cls, info: GgufInfo, weight_bytes: int, description: str = "") -> ModelMetadata:
-        return cls(description, quant.detect_gguf(info), fit.Architecture.from_gguf(info),
-                   weight_bytes, info)
+        return cls(
+            description,
+            quant.detect_gguf(info),
+            fit.Architecture.from_gguf(info),
+            weight_bytes,
+            info,
+        )
 
     @classmethod
     def from_directory(cls, path: Path) -> ModelMetadata:
@@ -83,8 +95,11 @@ class ModelMetadata:
             if (model / name).is_file():
                 files[name] = _load_json(model / name)
         if "config.json" not in files:
-            raise ModelPullError(ExitCode.BAD_INPUT, f"{model} has no config.json and no .gguf",
-                                 hint="point at a Hugging Face model directory, an entry or a GGUF")
+            raise ModelPullError(
+                ExitCode.BAD_INPUT,
+                f"{model} has no config.json and no .gguf",
+                hint="point at a Hugging Face model directory, an entry or a GGUF",
+            )
         return cls.from_files(files, hf_weight_bytes(model), description=str(path))
 
 
@@ -101,20 +116,26 @@ def resolve_model_path(path: Path) -> Path:
         raise ModelPullError(ExitCode.BAD_INPUT, f"{path} does not exist")
     if path.is_file():
         if path.suffix != ".gguf":
-            raise ModelPullError(ExitCode.BAD_INPUT, f"{path} is a file but not a .gguf",
-                                 hint="pass the model directory")
+            raise ModelPullError(
+                ExitCode.BAD_INPUT,
+                f"{path} is a file but not a .gguf",
+                hint="pass the model directory",
+            )
         return path
     if not (path / ENTRY_MANIFEST).is_file():
         return path
     models = path / "share" / "models"
     found = sorted(models.glob("hub/models--*/snapshots/*")) or sorted(
-        p for p in models.glob("*/weights") if p.is_dir())
+        p for p in models.glob("*/weights") if p.is_dir()
+    )
     if (models / "gguf").is_dir():
         found.append(models / "gguf")
     if len(found) != 1:
-        raise ModelPullError(ExitCode.BAD_INPUT,
-                             f"entry {path} holds {len(found)} model trees, expected one",
-                             hint="pass the model directory inside the entry")
+        raise ModelPullError(
+            ExitCode.BAD_INPUT,
+            f"entry {path} holds {len(found)} model trees, expected one",
+            hint="pass the model directory inside the entry",
+        )
     return found[0]
 
 
@@ -130,8 +151,9 @@ def hf_weight_bytes(model: Path) -> int:
 
 
 def _gguf_candidates(model: Path) -> list[Path]:
-    return sorted(p for p in model.rglob("*.gguf")
-                  if p.is_file() and not p.name.lower().startswith("mmproj"))
+    return sorted(
+        p for p in model.rglob("*.gguf") if p.is_file() and not p.name.lower().startswith("mmproj")
+    )
 
 
 def gguf_set(file: Path) -> list[Path]:
@@ -140,8 +162,10 @@ def gguf_set(file: Path) -> list[Path]:
     if not m:
         return [file]
     total = int(m.group("total"))
-    parts = [file.with_name(f"{m.group('stem')}-{i:05d}-of-{total:05d}.gguf")
-             for i in range(1, total + 1)]
+    parts = [
+        file.with_name(f"{m.group('stem')}-{i:05d}-of-{total:05d}.gguf")
+        for i in range(1, total + 1)
+    ]
     missing = [p.name for p in parts if not p.is_file()]
     if missing:
         raise ModelPullError(ExitCode.BAD_INPUT, f"split GGUF is missing {', '.join(missing)}")
@@ -156,8 +180,11 @@ def _one_gguf_model(files: list[Path], where: Path) -> list[Path]:
         models.setdefault(key, []).append(f)
     if len(models) != 1:
         names = ", ".join(sorted(Path(k).name for k in models))
-        raise ModelPullError(ExitCode.USAGE, f"{where} holds several GGUF models: {names}",
-                             hint="pass the .gguf file to check")
+        raise ModelPullError(
+            ExitCode.USAGE,
+            f"{where} holds several GGUF models: {names}",
+            hint="pass the .gguf file to check",
+        )
     return gguf_set(sorted(next(iter(models.values())))[0])
 
 
@@ -177,13 +204,16 @@ def load_target(target: str, *, root: Path, revision: str | None = None) -> Mode
     named = RootPaths(root).model_link(target)
     if "/" not in target and named.exists():
         meta = ModelMetadata.from_directory(named)
-        return ModelMetadata(target, meta.quantization, meta.architecture, meta.weight_bytes,
-                             meta.gguf)
+        return ModelMetadata(
+            target, meta.quantization, meta.architecture, meta.weight_bytes, meta.gguf
+        )
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", target):
         return metadata_from_hub(target, revision)
-    raise ModelPullError(ExitCode.NOT_INSTALLED,
-                         f"{target!r} is no path, no model in {root}/models, and no org/name repo",
-                         hint="pass a model directory, an installed name, or a Hub repo id")
+    raise ModelPullError(
+        ExitCode.NOT_INSTALLED,
+        f"{target!r} is no path, no model in {root}/models, and no org/name repo",
+        hint="pass a model directory, an installed name, or a Hub repo id",
+    )
 
 
 GGUF_HEAD_BYTES = 4 * 1024**2  # first range read; GGUF headers with a big vocabulary need more
@@ -199,39 +229,53 @@ def metadata_from_hub(repo: str, revision: str | None) -> ModelMetadata:
     return metadata_from_listing(repo, commit, listing)
 
 
-def metadata_from_listing(repo: str, commit: str, listing: Sequence[tuple[str, int]],
-                          remote: hub_types.Remote | None = None) -> ModelMetadata:
+def metadata_from_listing(
+    repo: str,
+    commit: str,
+    listing: Sequence[tuple[str, int]],
+    remote: hub_types.Remote | None = None,
+) -> ModelMetadata:
     """The metadata of the files `listing` names (path, size) at `commit`, read from the Hub."""
     from model_pull import hub
 
     desc = f"{repo}@{commit[:12]}"
     sizes = dict(listing)
     if "config.json" not in sizes:
-        ggufs = sorted(p for p in sizes if p.endswith(".gguf")
-                       and not Path(p).name.lower().startswith("mmproj"))
+        ggufs = sorted(
+            p
+            for p in sizes
+            if p.endswith(".gguf") and not Path(p).name.lower().startswith("mmproj")
+        )
         groups: dict[str, list[str]] = {}
         for p in ggufs:
             m = _SPLIT.match(Path(p).name)
             groups.setdefault(str(Path(p).parent / m.group("stem")) if m else p, []).append(p)
         if len(groups) != 1:
             names = ", ".join(sorted(groups)) or "none"
-            raise ModelPullError(ExitCode.BAD_INPUT,
-                                 f"{repo} has no config.json and {len(groups)} GGUF models "
-                                 f"({names})", hint="check a local file, or a repo with one model")
+            raise ModelPullError(
+                ExitCode.BAD_INPUT,
+                f"{repo} has no config.json and {len(groups)} GGUF models ({names})",
+                hint="check a local file, or a repo with one model",
+            )
         parts = sorted(next(iter(groups.values())))
         first = parts[0]
         want = min(GGUF_HEAD_BYTES, sizes[first])
         while True:
             head = hub.read_file_head(repo, first, commit, want, remote)
             try:
-                return ModelMetadata.from_files({}, sum(sizes[p] for p in parts),
-                                                gguf_header=head, gguf_size=sizes[first],
-                                                description=f"{desc}/{first}")
+                return ModelMetadata.from_files(
+                    {},
+                    sum(sizes[p] for p in parts),
+                    gguf_header=head,
+                    gguf_size=sizes[first],
+                    description=f"{desc}/{first}",
+                )
             except HeaderIncompleteError as more:
                 if more.needed > GGUF_HEAD_MAX or len(head) >= sizes[first]:
-                    raise ModelPullError(ExitCode.BAD_INPUT,
-                                         f"{first}: GGUF header larger than "
-                                         f"{GGUF_HEAD_MAX // 1024**2} MiB") from more
+                    raise ModelPullError(
+                        ExitCode.BAD_INPUT,
+                        f"{first}: GGUF header larger than {GGUF_HEAD_MAX // 1024**2} MiB",
+                    ) from more
                 want = min(sizes[first], max(more.needed, want * 2))
     files: dict[str, Any] = {}
     for name in ("config.json", "hf_quant_config.json", "model.safetensors.index.json"):
@@ -246,6 +290,7 @@ def metadata_from_listing(repo: str, commit: str, listing: Sequence[tuple[str, i
         weights = sum(sizes.get(n, 0) for n in shards)
     else:
         safes = [s for p, s in listing if p.endswith(".safetensors")]
-        weights = sum(safes) if safes else sum(s for p, s in listing
-                                               if p.endswith(_WEIGHT_SUFFIXES))
+        weights = (
+            sum(safes) if safes else sum(s for p, s in listing if p.endswith(_WEIGHT_SUFFIXES))
+        )
     return ModelMetadata.from_files(files, weights, description=desc)

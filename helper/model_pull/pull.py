@@ -60,14 +60,25 @@ class Options:
 
     def spec(self, repo: str, revision: str) -> EntrySpec:
         """The entry these options make of `repo` at `revision` (a commit)."""
-        return EntrySpec(repo, revision, self.layout, self.include, self.exclude,
-                         self.triton_name, self.engine_defaults, self.patch_tokenizer)
+        return EntrySpec(
+            repo,
+            revision,
+            self.layout,
+            self.include,
+            self.exclude,
+            self.triton_name,
+            self.engine_defaults,
+            self.patch_tokenizer,
+        )
 
     def model_name(self, repo: str) -> str:
         name = self.name or repo.split("/")[-1]
         if not valid_store_name(name):
-            raise ModelPullError(ExitCode.BAD_INPUT, f"{name!r} cannot be a model name",
-                                 hint="use --name with letters, digits and + - . _ ? =")
+            raise ModelPullError(
+                ExitCode.BAD_INPUT,
+                f"{name!r} cannot be a model name",
+                hint="use --name with letters, digits and + - . _ ? =",
+            )
         return name
 
 
@@ -85,9 +96,14 @@ class Installed:
 
     def to_json(self) -> InstalledJson:
         return {
-            "name": self.name, "repo": self.repo, "revision": self.revision,
-            "layout": str(self.layout), "path": str(self.entry.path), "narHash": self.nar_hash,
-            "storeName": self.entry.basename, "files": list(self.files),
+            "name": self.name,
+            "repo": self.repo,
+            "revision": self.revision,
+            "layout": str(self.layout),
+            "path": str(self.entry.path),
+            "narHash": self.nar_hash,
+            "storeName": self.entry.basename,
+            "files": list(self.files),
             "changed": self.changed,
             "previous": str(self.previous.path) if self.previous else None,
         }
@@ -102,8 +118,11 @@ def _match(path: str, patterns: Sequence[str]) -> bool:
 
 def select(files: Sequence[hub.RemoteFile], options: Options) -> list[hub.RemoteFile]:
     include = options.include or (("*.gguf",) if options.layout is Layout.GGUF else ())
-    chosen = [f for f in files
-              if (not include or _match(f.path, include)) and not _match(f.path, options.exclude)]
+    chosen = [
+        f
+        for f in files
+        if (not include or _match(f.path, include)) and not _match(f.path, options.exclude)
+    ]
     if not chosen:
         raise ModelPullError(
             ExitCode.NO_MATCH,
@@ -117,9 +136,11 @@ def refuse_unsafe(paths: Sequence[str]) -> None:
     for path in paths:
         why = hub.check_safe_path(path)
         if why:
-            raise ModelPullError(ExitCode.UNSAFE_LISTING,
-                                 f"refusing the listing: unsafe file name {path!r} ({why})",
-                                 hint="nothing was written; report the repository")
+            raise ModelPullError(
+                ExitCode.UNSAFE_LISTING,
+                f"refusing the listing: unsafe file name {path!r} ({why})",
+                hint="nothing was written; report the repository",
+            )
 
 
 # --- the shared tail: lay out, verify + hash, install -------------------------------------
@@ -133,7 +154,10 @@ class _Expect:
 
 
 def _verify_and_hash(
-    staging: Path, spec: EntrySpec, placed: Sequence[Placed], expected: dict[str, _Expect],
+    staging: Path,
+    spec: EntrySpec,
+    placed: Sequence[Placed],
+    expected: dict[str, _Expect],
     progress: Progress,
 ) -> NarResult:
     by_entry_path = {spec.file_path(p.path): p.path for p in placed}
@@ -161,14 +185,21 @@ def _verify_and_hash(
 
 def _mismatch(path: str, kind: str, want: str, got: str) -> ModelPullError:
     return ModelPullError(
-        ExitCode.HASH_MISMATCH, f"{path}: {kind} mismatch: expected {want}, got {got}",
+        ExitCode.HASH_MISMATCH,
+        f"{path}: {kind} mismatch: expected {want}, got {got}",
         hint="the download was discarded; pull again (report the mirror if it repeats)",
     )
 
 
 def _finish(
-    root: StateRoot, staging: Path, name: str, spec: EntrySpec, placed: Sequence[Placed],
-    expected: dict[str, _Expect], options: Options, progress: Progress,
+    root: StateRoot,
+    staging: Path,
+    name: str,
+    spec: EntrySpec,
+    placed: Sequence[Placed],
+    expected: dict[str, _Expect],
+    options: Options,
+    progress: Progress,
     extra_record: dict[str, Any],
 ) -> Installed:
     t0 = time.monotonic()
@@ -180,11 +211,28 @@ def _finish(
     previous = root.switch(name, entry)
     if options.expect_nar:
         root.link_by_hash(nar.sri, entry)
-    root.record({"name": name, "repo": spec.repo, "revision": spec.revision,
-                 "narHash": nar.sri, "entry": entry.basename, **extra_record})
+    root.record(
+        {
+            "name": name,
+            "repo": spec.repo,
+            "revision": spec.revision,
+            "narHash": nar.sri,
+            "entry": entry.basename,
+            **extra_record,
+        }
+    )
     changed = previous is None or previous.basename != entry.basename
-    return Installed(name, spec.repo, spec.revision, spec.layout, entry, nar.sri,
-                     entry.manifest().files, previous, changed)
+    return Installed(
+        name,
+        spec.repo,
+        spec.revision,
+        spec.layout,
+        entry,
+        nar.sri,
+        entry.manifest().files,
+        previous,
+        changed,
+    )
 
 
 def pin_mismatch(spec: EntrySpec, got: str, pinned: str) -> ModelPullError:
@@ -192,14 +240,13 @@ def pin_mismatch(spec: EntrySpec, got: str, pinned: str) -> ModelPullError:
         ExitCode.PIN_MISMATCH,
         f"{spec.repo}@{spec.revision[:12]} (layout {spec.layout}) hashes to {got}, not to the "
         f"pinned narHash {pinned}; nothing was installed",
-        hint=f"if the declaration is what you want, pin narHash = \"{got}\", which model-pull "
+        hint=f'if the declaration is what you want, pin narHash = "{got}", which model-pull '
         "prefetch prints with the whole declaration; a pin made by a model-pull with another "
         f"entry format changes too, this one writes format {ENTRY_FORMAT}",
     )
 
 
-def up_to_date(root: StateRoot, name: str, spec: EntrySpec,
-               options: Options) -> Installed | None:
+def up_to_date(root: StateRoot, name: str, spec: EntrySpec, options: Options) -> Installed | None:
     """The current entry when it is exactly `spec`, in this entry format (no network needed)."""
     entry = root.current(name)
     if entry is None or not hub.COMMIT_RE.match(spec.revision):
@@ -213,16 +260,31 @@ def up_to_date(root: StateRoot, name: str, spec: EntrySpec,
     nar = root.nar_hash_of(entry)
     if nar is None or options.expect_nar not in (None, nar):
         return None
-    return Installed(name, spec.repo, spec.revision, spec.layout, entry, nar, manifest.files,
-                     entry, changed=False)
+    return Installed(
+        name,
+        spec.repo,
+        spec.revision,
+        spec.layout,
+        entry,
+        nar,
+        manifest.files,
+        entry,
+        changed=False,
+    )
 
 
 # --- fetch --------------------------------------------------------------------------------
 
 
 def fetch(
-    repo: str, revision: str, options: Options, root: StateRoot, remote: hub.Remote, *,
-    progress: Progress, wait: bool = True,
+    repo: str,
+    revision: str,
+    options: Options,
+    root: StateRoot,
+    remote: hub.Remote,
+    *,
+    progress: Progress,
+    wait: bool = True,
     preflight: Callable[[str, list[hub.RemoteFile]], None] | None = None,
 ) -> Installed:
     name = options.model_name(repo)
@@ -273,8 +335,9 @@ def fetch(
         staging = root.new_staging(name)
         try:
             layouts.build(staging, spec, placed, link=True)
-            installed = _finish(root, staging, name, spec, placed, expected, options, progress,
-                                {"source": "hub"})
+            installed = _finish(
+                root, staging, name, spec, placed, expected, options, progress, {"source": "hub"}
+            )
         except ModelPullError as exc:
             remove_tree(staging)
             if exc.code is ExitCode.HASH_MISMATCH:
@@ -311,8 +374,12 @@ def _ensure_space(root: StateRoot, needed: int) -> None:
 
 
 def _download_all(
-    repo: str, commit: str, files: Sequence[hub.RemoteFile], root: StateRoot,
-    remote: hub.Remote, progress: Progress,
+    repo: str,
+    commit: str,
+    files: Sequence[hub.RemoteFile],
+    root: StateRoot,
+    remote: hub.Remote,
+    progress: Progress,
 ) -> dict[str, hub.Downloaded]:
     tqdm_class = progress.tqdm_class()
 
@@ -362,19 +429,24 @@ class LocalSource:
 def read_source(src: Path, repo: str | None, revision: str | None) -> LocalSource:
     """A plain directory, or an HF cache `models--org--name` tree with its snapshots."""
     if not src.is_dir():
-        raise ModelPullError(ExitCode.BAD_INPUT, f"{src} is not a directory",
-                             hint="give a model directory or an HF cache models--org--name tree")
+        raise ModelPullError(
+            ExitCode.BAD_INPUT,
+            f"{src} is not a directory",
+            hint="give a model directory or an HF cache models--org--name tree",
+        )
     if (src / "snapshots").is_dir() and src.name.startswith("models--"):
-        cache_repo = src.name[len("models--"):].replace("--", "/", 1)
+        cache_repo = src.name[len("models--") :].replace("--", "/", 1)
         ref = src / "refs" / "main"
         commit = revision or (ref.read_text().strip() if ref.exists() else None)
         snaps = sorted(p.name for p in (src / "snapshots").iterdir())
         if commit is None and len(snaps) == 1:
             commit = snaps[0]
         if commit is None or not (src / "snapshots" / commit).is_dir():
-            raise ModelPullError(ExitCode.REVISION_NOT_FOUND,
-                                 f"{src}: no snapshot for revision {commit or 'main'}",
-                                 hint=f"give --revision, one of: {', '.join(snaps) or 'none'}")
+            raise ModelPullError(
+                ExitCode.REVISION_NOT_FOUND,
+                f"{src}: no snapshot for revision {commit or 'main'}",
+                hint=f"give --revision, one of: {', '.join(snaps) or 'none'}",
+            )
         base = src / "snapshots" / commit
         files = _walk_files(base)
         expected: dict[str, _Expect] = {}
@@ -399,8 +471,11 @@ def _walk_files(base: Path) -> dict[str, Path]:
             rel = p.relative_to(base).as_posix()
             real = Path(os.path.realpath(p))
             if not real.is_file():
-                raise ModelPullError(ExitCode.BAD_INPUT, f"{p} is not a regular file",
-                                     hint="dangling symlink or special file in the source")
+                raise ModelPullError(
+                    ExitCode.BAD_INPUT,
+                    f"{p} is not a regular file",
+                    hint="dangling symlink or special file in the source",
+                )
             out[rel] = real
     if not out:
         raise ModelPullError(ExitCode.NO_MATCH, f"{base} has no files")
@@ -408,13 +483,22 @@ def _walk_files(base: Path) -> dict[str, Path]:
 
 
 def package(
-    src: Path, options: Options, root: StateRoot, *, repo: str | None = None,
-    revision: str | None = None, progress: Progress, wait: bool = True,
+    src: Path,
+    options: Options,
+    root: StateRoot,
+    *,
+    repo: str | None = None,
+    revision: str | None = None,
+    progress: Progress,
+    wait: bool = True,
 ) -> Installed:
     source = read_source(src, repo, revision)
     if not hub.COMMIT_RE.match(source.revision):
-        raise ModelPullError(ExitCode.BAD_INPUT, f"revision {source.revision!r} is not a "
-                             "40-hex commit", hint="give --revision COMMIT")
+        raise ModelPullError(
+            ExitCode.BAD_INPUT,
+            f"revision {source.revision!r} is not a 40-hex commit",
+            hint="give --revision COMMIT",
+        )
     refuse_unsafe(list(source.files))
     listing = [hub.RemoteFile(p, f.stat().st_size, "", None) for p, f in source.files.items()]
     chosen = {f.path for f in select(listing, options)}
@@ -432,9 +516,10 @@ def package(
                 if exp is not None and exp.git_sha1:
                     got = git_blob_sha1(path.read_bytes()) if size <= SMALL_FILE else None
                     if got is not None and got != exp.git_sha1:
-                        raise ModelPullError(ExitCode.HASH_MISMATCH,
-                                             f"{rel}: git blob sha1 mismatch: expected "
-                                             f"{exp.git_sha1}, got {got}")
+                        raise ModelPullError(
+                            ExitCode.HASH_MISMATCH,
+                            f"{rel}: git blob sha1 mismatch: expected {exp.git_sha1}, got {got}",
+                        )
                     expected.pop(rel)
             else:
                 sha256 = exp.sha256
@@ -443,8 +528,9 @@ def package(
         staging = root.new_staging(name)
         try:
             layouts.build(staging, spec, placed, link=False)
-            return _finish(root, staging, name, spec, placed, expected, options, progress,
-                           {"source": str(src)})
+            return _finish(
+                root, staging, name, spec, placed, expected, options, progress, {"source": str(src)}
+            )
         except BaseException:
             remove_tree(staging)
             raise

@@ -18,28 +18,36 @@ def human_size(n: float) -> str:
 
 def check_text(report: Report) -> str:
     q = report.quantization
-    lines = [f"model    {report.model}",
-             f"runtime  {report.runtime.value}",
-             f"quant    {q.scheme.value} ({q.method.value}: {q.algo}; from {q.source})"
-             + (f", KV {q.kv_cache}" if q.kv_cache else "")]
+    lines = [
+        f"model    {report.model}",
+        f"runtime  {report.runtime.value}",
+        f"quant    {q.scheme.value} ({q.method.value}: {q.algo}; from {q.source})"
+        + (f", KV {q.kv_cache}" if q.kv_cache else ""),
+    ]
     if q.scheme is quant.Scheme.UNKNOWN:
         lines.append(f"         unknown: {dict(q.details).get('why', '')}")
     lines.append(f"weights  {gib(report.weight_bytes)}")
     if report.gpus:
-        head = f"{'GPU':<22} {'SM':>5} {'verdict':<11} {'memory':>10} {'needed':>10} " \
-               f"{'headroom':>10} {'max ctx':>8}"
+        head = (
+            f"{'GPU':<22} {'SM':>5} {'verdict':<11} {'memory':>10} {'needed':>10} "
+            f"{'headroom':>10} {'max ctx':>8}"
+        )
         lines += ["", head, "-" * len(head)]
         for v in report.gpus:
             f = v.fit
             name = (f"{v.gpu.index}: " if v.gpu.index is not None else "") + v.gpu.name
-            lines.append(f"{name[:22]:<22} {v.gpu.sm!s:>5} {v.support!s:<11} "
-                         f"{gib(f.available):>10} {gib(f.weights + f.kv_cache + f.overhead):>10} "
-                         f"{gib(f.headroom):>10} {f.max_context:>8}")
+            lines.append(
+                f"{name[:22]:<22} {v.gpu.sm!s:>5} {v.support!s:<11} "
+                f"{gib(f.available):>10} {gib(f.weights + f.kv_cache + f.overhead):>10} "
+                f"{gib(f.headroom):>10} {f.max_context:>8}"
+            )
         t = report.tightest
         assert t is not None
         f = t.fit
-        lines.append(f"(context {f.context} x parallel {f.parallel}, KV {f.kv_dtype}: "
-                     f"KV cache {gib(f.kv_cache)}, overhead {gib(f.overhead)})")
+        lines.append(
+            f"(context {f.context} x parallel {f.parallel}, KV {f.kv_dtype}: "
+            f"KV cache {gib(f.kv_cache)}, overhead {gib(f.overhead)})"
+        )
     lines.append("")
     lines += [f"- {r}" for r in report.reasons]
     lines += [f"  note: {n}" for n in report.notes]

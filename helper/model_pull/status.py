@@ -140,8 +140,9 @@ def collect(manifest: Manifest, root: Path, *, gpu_memory: GpuMemory | None = No
 # ---------------------------------------------------------------------------- internals
 
 
-def _model_report(model: DeclaredModel, state: StateRoot,
-                  units: tuple[UnitReport, ...]) -> ModelReport:
+def _model_report(
+    model: DeclaredModel, state: StateRoot, units: tuple[UnitReport, ...]
+) -> ModelReport:
     gate = state.gate(model.name, model.nar_hash)
     entry = state.entry_at(gate)
     installed_revision = None
@@ -169,8 +170,7 @@ def _opt_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _unit_gpu_bytes(state: UnitState | None, memory: Mapping[int, int] | None
-                    ) -> int | None:
+def _unit_gpu_bytes(state: UnitState | None, memory: Mapping[int, int] | None) -> int | None:
     if memory is None:
         return None
     if state is None:

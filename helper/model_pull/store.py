@@ -38,14 +38,16 @@ def os_errors(what: str, root: Path) -> Iterator[None]:
         yield
     except PermissionError as exc:
         raise ModelPullError(
-            ExitCode.PERMISSION, f"no permission to {what} under {root}: {exc.strerror}",
+            ExitCode.PERMISSION,
+            f"no permission to {what} under {root}: {exc.strerror}",
             hint="run it as root: sudo model-pull ...",
         ) from exc
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise ModelPullError(
-                ExitCode.DISK_FULL, f"no space left on the device holding {root} while "
-                f"trying to {what}", hint="free space (model-pull gc) or use --root elsewhere",
+                ExitCode.DISK_FULL,
+                f"no space left on the device holding {root} while trying to {what}",
+                hint="free space (model-pull gc) or use --root elsewhere",
             ) from exc
         raise
 
@@ -105,8 +107,14 @@ class StateRoot(RootPaths):
         with os_errors("create the state directories", self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             # Runtimes read entries through models/ and by-hash/: world-readable, like /nix/store.
-            for d, mode in ((self.store, 0o755), (self.models, 0o755), (self.by_hash, 0o755),
-                            (self.cache, 0o700), (self.staging, 0o700), (self.state, 0o755)):
+            for d, mode in (
+                (self.store, 0o755),
+                (self.models, 0o755),
+                (self.by_hash, 0o755),
+                (self.cache, 0o700),
+                (self.staging, 0o700),
+                (self.state, 0o755),
+            ):
                 d.mkdir(exist_ok=True)
                 os.chmod(d, mode)
         return self
@@ -127,7 +135,8 @@ class StateRoot(RootPaths):
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
                 if not wait:
                     raise ModelPullError(
-                        ExitCode.LOCKED, f"another pull (pid {holder}) holds {lock_path}",
+                        ExitCode.LOCKED,
+                        f"another pull (pid {holder}) holds {lock_path}",
                         hint="wait for it, or run again without --no-wait",
                     ) from None
                 print(f"waiting for another pull (pid {holder}) to finish ...", file=sys.stderr)
@@ -183,8 +192,10 @@ class StateRoot(RootPaths):
 
     def record(self, event: dict[str, Any]) -> None:
         with os_errors("record the pull", self.path), self.pulls_log.open("a") as f:
-            f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **event},
-                               sort_keys=True) + "\n")
+            f.write(
+                json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **event}, sort_keys=True)
+                + "\n"
+            )
 
     def records(self) -> list[dict[str, Any]]:
         """state/pulls.jsonl, oldest first; lines that are not JSON objects are skipped."""
@@ -222,8 +233,7 @@ class StateRoot(RootPaths):
         if not link.is_symlink():
             return None
         target = (link.parent / os.readlink(link)).resolve()
-        return Entry(target) if target.is_dir() and target.parent == self.store.resolve() \
-            else None
+        return Entry(target) if target.is_dir() and target.parent == self.store.resolve() else None
 
     def names(self) -> list[str]:
         if not self.models.is_dir():
@@ -233,8 +243,9 @@ class StateRoot(RootPaths):
     def entries(self) -> list[Entry]:
         if not self.store.is_dir():
             return []
-        return sorted((Entry(p) for p in self.store.iterdir() if p.is_dir()),
-                      key=lambda e: e.basename)
+        return sorted(
+            (Entry(p) for p in self.store.iterdir() if p.is_dir()), key=lambda e: e.basename
+        )
 
     def history(self, name: str) -> list[str]:
         hist = self.history_dir / name
@@ -246,13 +257,18 @@ class StateRoot(RootPaths):
         """Point models/<name> back at its previous entry; returns (from, to)."""
         current = self.current(name)
         if current is None:
-            raise ModelPullError(ExitCode.NOT_INSTALLED, f"no model named {name!r} in {self.path}",
-                                 hint="see model-pull list")
+            raise ModelPullError(
+                ExitCode.NOT_INSTALLED,
+                f"no model named {name!r} in {self.path}",
+                hint="see model-pull list",
+            )
         history = [b for b in self.history(name) if (self.store / b).is_dir()]
         if not history:
-            raise ModelPullError(ExitCode.NOT_INSTALLED,
-                                 f"{name} has no previous entry to roll back to",
-                                 hint="gc may have removed it")
+            raise ModelPullError(
+                ExitCode.NOT_INSTALLED,
+                f"{name} has no previous entry to roll back to",
+                hint="gc may have removed it",
+            )
         target = Entry(self.store / history[-1])
         with os_errors("switch the model link", self.path):
             _replace_symlink(self.model_link(name), Path("..") / "store" / target.basename)
@@ -266,8 +282,11 @@ class StateRoot(RootPaths):
         Entries are found by basename; links that do not lead into store/ are ignored.
         """
         roots: dict[str, str] = {}
-        for where, top in (("history", self.history_dir), ("pin", self.by_hash),
-                           ("models/", self.models)):
+        for where, top in (
+            ("history", self.history_dir),
+            ("pin", self.by_hash),
+            ("models/", self.models),
+        ):
             if not top.is_dir():
                 continue
             for child in sorted(top.iterdir()):
@@ -275,8 +294,11 @@ class StateRoot(RootPaths):
                     for basename in self.history(child.name):
                         roots[basename] = f"in the history of {child.name}"
                 elif (entry := self.entry_at(child)) is not None:
-                    roots[entry.basename] = f"{where}{child.name}" if where == "models/" \
+                    roots[entry.basename] = (
+                        f"{where}{child.name}"
+                        if where == "models/"
                         else f"the pin by-hash/{child.name}"
+                    )
         return roots
 
     def forget_history(self, keep: int) -> None:

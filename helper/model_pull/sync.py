@@ -45,16 +45,25 @@ class SyncResult:
 
 def options_for(model: DeclaredModel) -> pull.Options:
     return pull.Options(
-        layout=model.layout, name=model.name, include=model.include,
-        exclude=model.exclude, triton_name=model.triton_name,
-        engine_defaults=dict(model.engine_defaults), patch_tokenizer=model.patch_tokenizer,
+        layout=model.layout,
+        name=model.name,
+        include=model.include,
+        exclude=model.exclude,
+        triton_name=model.triton_name,
+        engine_defaults=dict(model.engine_defaults),
+        patch_tokenizer=model.patch_tokenizer,
         expect_nar=model.nar_hash,
     )
 
 
 def sync(
-    manifest: Manifest, *, root: Path | None = None, restart: bool = True,
-    progress: Progress, wait: bool = True, say: Callable[[str], None] = logger.info,
+    manifest: Manifest,
+    *,
+    root: Path | None = None,
+    restart: bool = True,
+    progress: Progress,
+    wait: bool = True,
+    say: Callable[[str], None] = logger.info,
     on_error: Callable[[str, ModelPullError], None] | None = None,
 ) -> SyncResult:
     """Pull every declared model; `say` gets one line per model (and warnings), `on_error` each
@@ -66,9 +75,16 @@ def sync(
         if not hub.COMMIT_RE.match(model.revision):
             say(f"warning: {name} follows {model.revision!r}, not a commit: not reproducible")
         try:
-            installed = pull.fetch(model.repo, model.revision, options_for(model), state, remote,
-                                   progress=progress, wait=wait,
-                                   preflight=_gate(manifest, model, remote, say))
+            installed = pull.fetch(
+                model.repo,
+                model.revision,
+                options_for(model),
+                state,
+                remote,
+                progress=progress,
+                wait=wait,
+                preflight=_gate(manifest, model, remote, say),
+            )
         except ModelPullError as exc:
             result.failed[name] = exc
             if on_error is not None:
@@ -83,14 +99,18 @@ def sync(
             result.restarted = list(restart_waiting_units(units))
         except ModelPullError as exc:
             if exc.code is ExitCode.NO_BUS:
-                exc = ModelPullError(exc.code, f"{exc.message}; the pull itself succeeded, "
-                                     "the units were not restarted", hint=exc.hint)
+                exc = ModelPullError(
+                    exc.code,
+                    f"{exc.message}; the pull itself succeeded, the units were not restarted",
+                    hint=exc.hint,
+                )
             result.restart_error = exc
     return result
 
 
-def _gate(manifest: Manifest, model: DeclaredModel, remote: hub.Remote,
-          say: Callable[[str], None]) -> Callable[[str, list[hub.RemoteFile]], None]:
+def _gate(
+    manifest: Manifest, model: DeclaredModel, remote: hub.Remote, say: Callable[[str], None]
+) -> Callable[[str, list[hub.RemoteFile]], None]:
     """The GPU check for a declared model: its units' runtime and CUDA capabilities."""
     units = [manifest.units[u] for u in model.units if u in manifest.units]
     runtime = units[0].runtime if units else None
@@ -99,8 +119,14 @@ def _gate(manifest: Manifest, model: DeclaredModel, remote: hub.Remote,
     def gate(commit: str, chosen: list[hub.RemoteFile]) -> None:
         from model_pull import check
 
-        check.gate_fetch(model.repo, commit, [(f.path, f.size) for f in chosen], remote=remote,
-                         runtime=runtime, package_arches=check.parse_package_sms(",".join(caps)),
-                         warn=lambda m: say(f"warning: {model.name}: {m}"))
+        check.gate_fetch(
+            model.repo,
+            commit,
+            [(f.path, f.size) for f in chosen],
+            remote=remote,
+            runtime=runtime,
+            package_arches=check.parse_package_sms(",".join(caps)),
+            warn=lambda m: say(f"warning: {model.name}: {m}"),
+        )
 
     return gate

@@ -38,18 +38,24 @@ SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
 UNIT_IFACE = "org.freedesktop.systemd1.Unit"
 PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
-DENIED_ERRORS = frozenset({
-    "org.freedesktop.DBus.Error.AccessDenied",
-    "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
-    "org.freedesktop.DBus.Error.AuthFailed",
-})
+DENIED_ERRORS = frozenset(
+    {
+        "org.freedesktop.DBus.Error.AccessDenied",
+        "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
+        "org.freedesktop.DBus.Error.AuthFailed",
+    }
+)
 ROOT_HINT = "run as root: sudo model-pull ..."
-NOT_RUNNING_HINT = ("is D-Bus running? systemctl status dbus.socket; DBUS_SYSTEM_BUS_ADDRESS "
-                    "names another bus")
-INSTALL_HINT = ("install PyGObject and pydbus: pip install 'model-pull[dbus]' (the NixOS "
-                "package brings them)")
-TYPELIB_HINT = ("set GI_TYPELIB_PATH to the directory holding Gio-2.0.typelib (since GLib 2.80 "
-                "it comes with glib: <glib>/lib/girepository-1.0)")
+NOT_RUNNING_HINT = (
+    "is D-Bus running? systemctl status dbus.socket; DBUS_SYSTEM_BUS_ADDRESS names another bus"
+)
+INSTALL_HINT = (
+    "install PyGObject and pydbus: pip install 'model-pull[dbus]' (the NixOS package brings them)"
+)
+TYPELIB_HINT = (
+    "set GI_TYPELIB_PATH to the directory holding Gio-2.0.typelib (since GLib 2.80 "
+    "it comes with glib: <glib>/lib/girepository-1.0)"
+)
 
 
 def restart_waiting_units(
@@ -125,10 +131,19 @@ class _Systemd:
         """Every property of every interface of the object, in one call."""
         from gi.repository import GLib
 
-        reply = _call(lambda: self.bus.con.call_sync(
-            SYSTEMD, path, PROPERTIES_IFACE, "GetAll", GLib.Variant("(s)", ("",)),
-            None, 0, -1, None,
-        ))
+        reply = _call(
+            lambda: self.bus.con.call_sync(
+                SYSTEMD,
+                path,
+                PROPERTIES_IFACE,
+                "GetAll",
+                GLib.Variant("(s)", ("",)),
+                None,
+                0,
+                -1,
+                None,
+            )
+        )
         return dict(reply.unpack()[0])
 
     def unit_processes(self, unit: str) -> tuple[int, ...]:
@@ -155,8 +170,9 @@ class _Systemd:
             logger.debug("ResetFailedUnit(%s): %s", unit, exc.message)
         return str(_call(lambda: self.manager.RestartUnit(unit, "replace")))
 
-    def restart(self, units: Sequence[str], *, timeout: float
-                ) -> tuple[dict[str, str | None], dict[str, tuple[str, ...]]]:
+    def restart(
+        self, units: Sequence[str], *, timeout: float
+    ) -> tuple[dict[str, str | None], dict[str, tuple[str, ...]]]:
         """RestartUnit(unit, "replace") for each, then wait for their JobRemoved.
 
         Returns unit -> job result (None: not finished within timeout; "refused": systemd
@@ -200,8 +216,10 @@ class _Systemd:
             iface, changed, _invalidated = params
             if path in paths and iface == UNIT_IFACE:
                 active = changed.get("ActiveState")
-                if active in ("failed", "inactive", "deactivating") or \
-                        changed.get("SubState") == "auto-restart":
+                if (
+                    active in ("failed", "inactive", "deactivating")
+                    or changed.get("SubState") == "auto-restart"
+                ):
                     down.add(path)
 
         with _loop(seconds, lambda: down >= set(paths)) as (run, kick):
@@ -210,8 +228,12 @@ class _Systemd:
                 on_changed(sender, path, iface, signal, params)
                 kick()
 
-            sub = self.bus.subscribe(sender=SYSTEMD, iface=PROPERTIES_IFACE,
-                                     signal="PropertiesChanged", signal_fired=on_fired)
+            sub = self.bus.subscribe(
+                sender=SYSTEMD,
+                iface=PROPERTIES_IFACE,
+                signal="PropertiesChanged",
+                signal_fired=on_fired,
+            )
             try:
                 run()
             finally:
@@ -219,8 +241,9 @@ class _Systemd:
 
 
 @contextmanager
-def _loop(timeout: float, done: Callable[[], bool]
-          ) -> Iterator[tuple[Callable[[], None], Callable[[], None]]]:
+def _loop(
+    timeout: float, done: Callable[[], bool]
+) -> Iterator[tuple[Callable[[], None], Callable[[], None]]]:
     """A GLib main loop that runs until done() or timeout.
 
     Yields (run, kick): run() runs the loop; signal callbacks call kick() after recording
@@ -280,19 +303,25 @@ def _gio() -> Any:
     try:
         import gi  # noqa: F401
     except ImportError as exc:
-        raise ModelPullError(ExitCode.NO_BUS, f"cannot use D-Bus: PyGObject is not installed "
-                             f"({exc})", hint=INSTALL_HINT) from exc
+        raise ModelPullError(
+            ExitCode.NO_BUS,
+            f"cannot use D-Bus: PyGObject is not installed ({exc})",
+            hint=INSTALL_HINT,
+        ) from exc
     try:
         from gi.repository import Gio
     except ImportError as exc:
         raise ModelPullError(
-            ExitCode.NO_BUS, f"cannot use D-Bus: GLib's GObject-introspection data is missing "
-            f"({exc})", hint=TYPELIB_HINT) from exc
+            ExitCode.NO_BUS,
+            f"cannot use D-Bus: GLib's GObject-introspection data is missing ({exc})",
+            hint=TYPELIB_HINT,
+        ) from exc
     try:
         import pydbus  # noqa: F401
     except ImportError as exc:
-        raise ModelPullError(ExitCode.NO_BUS, f"cannot use D-Bus: pydbus is not installed "
-                             f"({exc})", hint=INSTALL_HINT) from exc
+        raise ModelPullError(
+            ExitCode.NO_BUS, f"cannot use D-Bus: pydbus is not installed ({exc})", hint=INSTALL_HINT
+        ) from exc
     return Gio
 
 
@@ -304,17 +333,29 @@ def _no_bus(exc: Exception, address: str) -> ModelPullError:
     where = path or address
     if isinstance(exc, GLib.Error) and exc.domain == "g-io-error-quark":
         if exc.code == Gio.IOErrorEnum.NOT_FOUND:
-            return ModelPullError(ExitCode.NO_BUS, f"cannot reach systemd on the system bus: no "
-                                  f"socket at {where}", hint=NOT_RUNNING_HINT)
+            return ModelPullError(
+                ExitCode.NO_BUS,
+                f"cannot reach systemd on the system bus: no socket at {where}",
+                hint=NOT_RUNNING_HINT,
+            )
         if exc.code == Gio.IOErrorEnum.CONNECTION_REFUSED:
-            return ModelPullError(ExitCode.NO_BUS, f"cannot reach systemd on the system bus: "
-                                  f"nothing answers at {where}", hint=NOT_RUNNING_HINT)
+            return ModelPullError(
+                ExitCode.NO_BUS,
+                f"cannot reach systemd on the system bus: nothing answers at {where}",
+                hint=NOT_RUNNING_HINT,
+            )
         if exc.code == Gio.IOErrorEnum.PERMISSION_DENIED:
-            return ModelPullError(ExitCode.NO_BUS, f"cannot reach systemd on the system bus: "
-                                  f"permission denied on {where}", hint=ROOT_HINT)
+            return ModelPullError(
+                ExitCode.NO_BUS,
+                f"cannot reach systemd on the system bus: permission denied on {where}",
+                hint=ROOT_HINT,
+            )
     message = re.sub(r"^GDBus\.Error:[\w.]+:\s*", "", getattr(exc, "message", str(exc)))
-    return ModelPullError(ExitCode.NO_BUS, f"cannot reach systemd on the system bus at {where}: "
-                          f"{message}", hint=NOT_RUNNING_HINT)
+    return ModelPullError(
+        ExitCode.NO_BUS,
+        f"cannot reach systemd on the system bus at {where}: {message}",
+        hint=NOT_RUNNING_HINT,
+    )
 
 
 def _socket_path(address: str) -> str | None:
@@ -335,12 +376,17 @@ def _call(fn: Callable[[], Any]) -> Any:
         remote = Gio.DBusError.get_remote_error(exc)
         message = re.sub(r"^GDBus\.Error:[\w.]+:\s*", "", exc.message)
         if remote in DENIED_ERRORS:
-            raise ModelPullError(ExitCode.NO_BUS, f"systemd refused the request: {message}",
-                                 hint=ROOT_HINT) from exc
+            raise ModelPullError(
+                ExitCode.NO_BUS, f"systemd refused the request: {message}", hint=ROOT_HINT
+            ) from exc
         if remote is None:
-            raise ModelPullError(ExitCode.NO_BUS, f"cannot reach systemd on the system bus: "
-                                 f"{message}", hint=NOT_RUNNING_HINT) from exc
+            raise ModelPullError(
+                ExitCode.NO_BUS,
+                f"cannot reach systemd on the system bus: {message}",
+                hint=NOT_RUNNING_HINT,
+            ) from exc
         raise ModelPullError(
-            ExitCode.UNIT_FAILED, f"systemd refused: {message}",
+            ExitCode.UNIT_FAILED,
+            f"systemd refused: {message}",
             hint="systemctl status for the unit named above",
         ) from exc

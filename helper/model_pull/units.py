@@ -149,8 +149,10 @@ def raise_for_failed(outcomes: Sequence[UnitOutcome]) -> None:
         return
     first = bad[0]
     if first.failed:
-        detail = f"{first.unit} failed to start ({first.result or first.job_result}, " \
-                 f"status {first.exec_main_status})"
+        detail = (
+            f"{first.unit} failed to start ({first.result or first.job_result}, "
+            f"status {first.exec_main_status})"
+        )
         telling = telling_line(first.journal)
         if telling:
             detail += f": {telling}"
@@ -159,8 +161,11 @@ def raise_for_failed(outcomes: Sequence[UnitOutcome]) -> None:
         detail = f"{first.unit} still does not start: {conds} not met after the install"
     if len(bad) > 1:
         detail = f"{len(bad)} units did not come up; {detail}"
-    raise ModelPullError(ExitCode.UNIT_FAILED, detail,
-                         hint=f"journalctl -u {first.unit}; systemctl status {first.unit}")
+    raise ModelPullError(
+        ExitCode.UNIT_FAILED,
+        detail,
+        hint=f"journalctl -u {first.unit}; systemctl status {first.unit}",
+    )
 
 
 def skip_reason(state: UnitState) -> str | None:
@@ -185,8 +190,9 @@ def failed_conditions(raw: Any) -> tuple[str, ...]:
     return tuple(failed)
 
 
-def outcome_of(state: UnitState, *, skipped_reason: str | None, job_result: str | None
-             ) -> UnitOutcome:
+def outcome_of(
+    state: UnitState, *, skipped_reason: str | None, job_result: str | None
+) -> UnitOutcome:
     return UnitOutcome(
         unit=state.unit,
         skipped_reason=skipped_reason,

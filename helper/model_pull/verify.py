@@ -39,8 +39,9 @@ def verify_entry(name: str, entry: Entry) -> Verified:
         if rel not in expected:
             return []
         if size != expected[rel]["size"]:
-            problems.append(f"{expected[rel]['path']}: size {size}, expected "
-                            f"{expected[rel]['size']}")
+            problems.append(
+                f"{expected[rel]['path']}: size {size}, expected {expected[rel]['size']}"
+            )
         seen[rel] = hashlib.sha256()
         return [seen[rel]]
 
@@ -61,7 +62,10 @@ def verify_entries(root: StateRoot, names: list[str]) -> list[Verified]:
     for name in names:
         entry = root.current(name)
         if entry is None:
-            raise ModelPullError(ExitCode.NOT_INSTALLED, f"no model named {name!r} in {root.path}",
-                                 hint="see model-pull list")
+            raise ModelPullError(
+                ExitCode.NOT_INSTALLED,
+                f"no model named {name!r} in {root.path}",
+                hint="see model-pull list",
+            )
         results.append(verify_entry(name, entry))
     return results

@@ -36,11 +36,18 @@ PORT = 18181
 
 
 def evaluate(module: str, tmp_path: Path) -> dict[str, Any]:
-    expr = (f"(import {PROJECT}/tests/nix/eval.nix {{ nixpkgsLib = "
-            f"{Path(NIXPKGS_LIB).resolve()}; }}).evalConfig ({module})")
+    expr = (
+        f"(import {PROJECT}/tests/nix/eval.nix {{ nixpkgsLib = "
+        f"{Path(NIXPKGS_LIB).resolve()}; }}).evalConfig ({module})"
+    )
     env = {**os.environ, "NIX_STATE_DIR": str(tmp_path / "nix-state")}
-    p = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
-                       capture_output=True, text=True, env=env, check=False)
+    p = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert p.returncode == 0, p.stderr
     result: dict[str, Any] = json.loads(p.stdout)
     assert result["assertions"] == [], result["assertions"]
@@ -56,18 +63,32 @@ def test_a_prefetched_pin_pasted_under_another_name_gates_and_starts_the_unit(
     if shutil.which("nix-instantiate") is None:
         pytest.skip("nix-instantiate not installed")
     gguf = hub_repos.tiny_gguf
-    pasted = model_pull.ok("prefetch", gguf.repo, "--layout", "gguf", "--include", "tiny.gguf",
-                           "--name", "tried-as-this", "--root", str(tmp_path / "probe")).stdout
-    pin = json.loads(model_pull.ok("list", "--json", "--root",
-                                   str(tmp_path / "probe")).stdout)["models"][0]["narHash"]
+    pasted = model_pull.ok(
+        "prefetch",
+        gguf.repo,
+        "--layout",
+        "gguf",
+        "--include",
+        "tiny.gguf",
+        "--name",
+        "tried-as-this",
+        "--root",
+        str(tmp_path / "probe"),
+    ).stdout
+    pin = json.loads(model_pull.ok("list", "--json", "--root", str(tmp_path / "probe")).stdout)[
+        "models"
+    ][0]["narHash"]
 
-    config = evaluate(f"""{{
+    config = evaluate(
+        f"""{{
       services.inference.models.chat = {pasted};
       services.inference.llama-server.instances.main = {{
         model = {{ name = "chat"; file = "tiny.gguf"; }};
         port = {PORT}; contextSize = 256; parallel = 1;
       }};
-    }}""", tmp_path)
+    }}""",
+        tmp_path,
+    )
     gate = f"/var/lib/inference/by-hash/{by_hash_name(pin)}/share/models/gguf/tiny.gguf"
     unit_data = config["units"][UNIT]
     assert unit_data["unitConfig"]["ConditionPathExists"] == [gate]
@@ -77,11 +98,22 @@ def test_a_prefetched_pin_pasted_under_another_name_gates_and_starts_the_unit(
     state = tmp_path / "state"
     state.mkdir()
     state.chmod(0o755)  # as tmpfiles makes /var/lib/inference
-    ct = make_container(binds=[(str(state), "/var/lib/inference", False),
-                               (str(package), llama_store, True)])
+    ct = make_container(
+        binds=[(str(state), "/var/lib/inference", False), (str(package), llama_store, True)]
+    )
     ct.run(["groupadd", "--system", "inference"])
-    ct.run(["useradd", "--system", "--gid", "inference", "--no-create-home", "--shell",
-            "/usr/sbin/nologin", "inference"])
+    ct.run(
+        [
+            "useradd",
+            "--system",
+            "--gid",
+            "inference",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "inference",
+        ]
+    )
     ct.install_unit(UNIT, render_unit(unit_data))
     ct.run(["systemctl", "start", UNIT])  # as at boot: skipped, the pinned entry is not there
     assert ct.unit_property(UNIT, "ConditionResult") == "no"
@@ -89,9 +121,13 @@ def test_a_prefetched_pin_pasted_under_another_name_gates_and_starts_the_unit(
 
     manifest = tmp_path / "models.json"
     manifest.write_text(json.dumps(config["manifest"]))
-    pulled = model_pull.run(env={"MODEL_PULL_MANIFEST": str(manifest),
-                                 "MODEL_PULL_ROOT": str(state),  # /var/lib/inference inside
-                                 "DBUS_SYSTEM_BUS_ADDRESS": ct.bus_address})
+    pulled = model_pull.run(
+        env={
+            "MODEL_PULL_MANIFEST": str(manifest),
+            "MODEL_PULL_ROOT": str(state),  # /var/lib/inference inside
+            "DBUS_SYSTEM_BUS_ADDRESS": ct.bus_address,
+        }
+    )
     assert pulled.returncode == 0, pulled.stderr + pulled.stdout
     assert "chat: installed" in pulled.stdout, pulled.stdout
     assert f"{UNIT}: active (running)" in pulled.stdout, pulled.stdout

@@ -23,41 +23,84 @@ def setup_state(root: Path, manifest_path: Path) -> Path:
     """`tiny` installed (entry, models/ link, two pulls.jsonl lines), `big` declared only."""
     entry = root / "store" / ENTRY
     (entry / "share/model-pull").mkdir(parents=True)
-    (entry / "share/model-pull/manifest.json").write_text(json.dumps(
-        {"tool": "model-pull 0.1.0", "name": "tiny", "repo": "org/tiny", "revision": REV,
-         "layout": "gguf", "files": []}))
+    (entry / "share/model-pull/manifest.json").write_text(
+        json.dumps(
+            {
+                "tool": "model-pull 0.1.0",
+                "name": "tiny",
+                "repo": "org/tiny",
+                "revision": REV,
+                "layout": "gguf",
+                "files": [],
+            }
+        )
+    )
     (entry / "share/models/gguf").mkdir(parents=True)
     (entry / "share/models/gguf/tiny.gguf").write_bytes(b"GGUF")
     (root / "models").mkdir()
     (root / "models/tiny").symlink_to(Path("../store", ENTRY))
     (root / "state").mkdir()
     (root / "state/pulls.jsonl").write_text(
-        json.dumps({"time": "2026-01-01T00:00:00Z", "name": "tiny", "repo": "org/tiny",
-                    "revision": REV, "narHash": NAR, "entry": f"{root}/store/{ENTRY}"}) + "\n"
+        json.dumps(
+            {
+                "time": "2026-01-01T00:00:00Z",
+                "name": "tiny",
+                "repo": "org/tiny",
+                "revision": REV,
+                "narHash": NAR,
+                "entry": f"{root}/store/{ENTRY}",
+            }
+        )
+        + "\n"
         + "garbage line from a crash\n"
-        + json.dumps({"time": "2026-01-02T00:00:00Z", "name": "tiny", "repo": "org/tiny",
-                      "revision": "f" * 40, "narHash": "sha256-other",
-                      "entry": f"{root}/store/zzzz-tiny"}) + "\n"  # rolled back since
+        + json.dumps(
+            {
+                "time": "2026-01-02T00:00:00Z",
+                "name": "tiny",
+                "repo": "org/tiny",
+                "revision": "f" * 40,
+                "narHash": "sha256-other",
+                "entry": f"{root}/store/zzzz-tiny",
+            }
+        )
+        + "\n"  # rolled back since
     )
-    manifest_path.write_text(json.dumps({
-        "version": 1, "root": str(root), "endpoint": None, "tokenFile": None,
-        "models": {
-            "tiny": {"repo": "org/tiny", "revision": REV, "layout": "gguf",
-                     "units": ["tiny.service"]},
-            "big": {"repo": "org/big", "revision": "main", "layout": "hf",
-                    "units": ["big.service"]},
-        },
-        "units": {
-            "tiny.service": {"runtime": "llama-server", "models": ["tiny"]},
-            "big.service": {"runtime": "vllm", "models": ["big"]},
-        },
-    }))
+    manifest_path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "root": str(root),
+                "endpoint": None,
+                "tokenFile": None,
+                "models": {
+                    "tiny": {
+                        "repo": "org/tiny",
+                        "revision": REV,
+                        "layout": "gguf",
+                        "units": ["tiny.service"],
+                    },
+                    "big": {
+                        "repo": "org/big",
+                        "revision": "main",
+                        "layout": "hf",
+                        "units": ["big.service"],
+                    },
+                },
+                "units": {
+                    "tiny.service": {"runtime": "llama-server", "models": ["tiny"]},
+                    "big.service": {"runtime": "vllm", "models": ["big"]},
+                },
+            }
+        )
+    )
     return entry
 
 
 def unit(gate: Path) -> str:
-    return (f"[Unit]\nConditionPathExists={gate}\n[Service]\nExecStart=/usr/bin/sleep infinity\n"
-            "[Install]\nWantedBy=multi-user.target\n")
+    return (
+        f"[Unit]\nConditionPathExists={gate}\n[Service]\nExecStart=/usr/bin/sleep infinity\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    )
 
 
 @pytest.fixture
@@ -97,8 +140,10 @@ def test_status_inside_the_machine(state: tuple[SystemdContainer, Path, Path]):
     assert f"tiny  present  {entry}" in text.stdout
     assert "tiny.service  active (running)" in text.stdout
     assert "big  missing" in text.stdout
-    assert (f"big.service  waiting: ConditionPathExists={manifest.parent}"
-            "/inference/models/big/share/models/hub") in text.stdout
+    assert (
+        f"big.service  waiting: ConditionPathExists={manifest.parent}"
+        "/inference/models/big/share/models/hub"
+    ) in text.stdout
     if report["gpuError"] is not None:
         assert "GPU memory per unit: no NVML" in text.stdout
 
@@ -116,15 +161,15 @@ class FakeNvmlProcessMemory:
         return self.used
 
 
-def test_gpu_memory_is_summed_per_unit(state: tuple[SystemdContainer, Path, Path],
-                                       monkeypatch: pytest.MonkeyPatch):
+def test_gpu_memory_is_summed_per_unit(
+    state: tuple[SystemdContainer, Path, Path], monkeypatch: pytest.MonkeyPatch
+):
     ct, manifest, _entry = state
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", ct.bus_address)
     main_pid = systemd.unit_states(["tiny.service"])["tiny.service"].main_pid
     nvml = FakeNvmlProcessMemory({main_pid: 3 << 30, 999_999: 5 << 30})  # + someone else's
 
-    report = status.collect(Manifest.load(manifest), manifest.parent / "inference",
-                            gpu_memory=nvml)
+    report = status.collect(Manifest.load(manifest), manifest.parent / "inference", gpu_memory=nvml)
 
     assert nvml.calls == 1
     tiny, big = report.models
