@@ -413,6 +413,26 @@ def test_the_stubs_have_only_packages_nixpkgs_has(tmp_path: Path) -> None:
     assert names["python"] == ["callPackage", "toPythonApplication", "torch"]
 
 
+# ---- the flake's modules combine (item 6) ------------------------------------------------------
+
+
+def test_the_flake_exports_combine(tmp_path: Path) -> None:
+    module = (
+        f"{{ pkgs, ... }}: {{ {GGUF_MODEL} {DUAL_MODEL} {SGLANG_PACKAGE} "
+        "services.inference.autoPull = true; "
+        'services.inference.llama-server.instances.a.model = { name = "g"; file = "m.gguf"; }; '
+        'services.inference.vllm.instances.b.model = "d"; '
+        'services.inference.sglang.instances.c = { model = "d"; port = 30001; }; }'
+    )
+    exports = '[ "default" "vllm" "llama-server" "sglang" "triton" ]'
+    result = nix_eval(f"{evaluator()}.evalFlakeModules {exports} ({module})", tmp_path)
+    assert result["assertions"] == []
+    assert {"llama-server-a.service", "vllm-b.service", "sglang-c.service"} <= set(result["units"])
+    # The helper, once: services.inference.package's own default (nix/model-pull.nix).
+    pull = result["units"]["model-pull.service"]["serviceConfig"]["ExecStart"]
+    assert pull.endswith('-model-pull/bin/model-pull"'), pull
+
+
 # ---- the auto-pull unit (item 4) and the switch as the loop -----------------------------------
 
 
@@ -556,6 +576,43 @@ def test_a_package_built_its_own_way_is_read_from_the_package(tmp_path: Path) ->
         "llama-server-a.service": ["8.6", "9.0a"],
         "vllm-b.service": ["10.0f"],
     }
+
+
+# ---- the VM test (item 1): what can be checked without KVM -----------------------------------
+
+VM_TESTS = sorted(p.name for p in (ROOT / "tests/vm").glob("*.nix"))
+# What the test driver's namespace holds besides the nodes (nixos/lib/test-driver, Driver.test_symbols).
+DRIVER_NAMES = [
+    "start_all", "test_script", "machines", "vlans", "driver", "log", "os", "create_machine",
+    "subtest", "run_tests", "join_all", "retry", "serial_stdout_off", "serial_stdout_on",
+    "polling_condition", "Machine",
+]
+
+
+@pytest.mark.parametrize("test", VM_TESTS)
+def test_the_vm_test_evaluates_with_a_read_only_nixpkgs(test: str, tmp_path: Path) -> None:
+    result = nix_eval(f'{evaluator()}.vmTest "{test}"', tmp_path)
+    for name, node in result["nodes"].items():
+        assert node["assertions"] == [], name
+        assert node["manifest"] is not None, name
+
+
+@pytest.mark.parametrize("test", VM_TESTS)
+def test_the_vm_test_script_is_python_the_driver_can_run(test: str, tmp_path: Path) -> None:
+    result = nix_eval(f'{evaluator()}.vmTest "{test}"', tmp_path)
+    script = tmp_path / "test_script.py"
+    script.write_text(result["testScript"])
+    compile(result["testScript"], str(script), "exec")
+    # Names the driver defines (nixos/lib/test-driver) are known; any other is a typo.
+    lint = subprocess.run(
+        [str(ROOT / ".venv/bin/ruff"), "check", "--no-cache", "--isolated", "--select", "F,E9",
+         "--config", f"builtins = {json.dumps(DRIVER_NAMES + list(result['nodes']))}",
+         str(script)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
