@@ -2,9 +2,10 @@
 #   make eval-nix NIXPKGS_LIB=/path/to/nixpkgs.lib     # units + manifest of every host, as JSON
 #   make update-golden NIXPKGS_LIB=/path/to/nixpkgs.lib # after changing nixos/ or hosts/
 #   make update-runtime-args    # the runtimes' option lists, from the installed runtimes
-# NIXPKGS_LIB is a checkout of nixpkgs' lib (e.g. github:nix-community/nixpkgs.lib).
+# NIXPKGS_LIB is a checkout of nixpkgs' lib (e.g. github:nix-community/nixpkgs.lib); by
+# default ../shared/nixpkgs-lib next to the repository, when it exists (as on the CI machines).
 
-NIXPKGS_LIB ?=
+NIXPKGS_LIB ?= $(wildcard $(abspath $(CURDIR)/../shared/nixpkgs-lib))
 NIX_TMP := $(shell mktemp -d -u /tmp/model-pull-nix.XXXXXX)
 NIX_EVAL = NIX_STATE_DIR=$(NIX_TMP) NIX_CONFIG="experimental-features = nix-command" \
 	nix-instantiate --eval --strict --json tests/nix/eval.nix \

@@ -15,14 +15,17 @@
       forAllSystems = lib.genAttrs systems;
       pkgsFor = system: nixpkgs.legacyPackages.${system}.extend self.overlays.default;
 
-      # The modules, with the helper of this flake as services.inference.package.
-      withPackage =
-        modules:
-        { lib, pkgs, ... }:
-        {
-          imports = modules;
-          services.inference.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.model-pull;
-        };
+      # Every export is a keyed module that imports the modules by path. The module system
+      # takes a module once per key (a path is its own key), so a configuration may import
+      # any of the exports together: the shared part (nixos/common.nix, which declares
+      # services.inference.package and the manifest) is evaluated once. The helper's package
+      # is common.nix's own default, built with the configuration's nixpkgs: no export defines
+      # it, so no two definitions can conflict.
+      export = name: modules: {
+        key = "model-pull#nixosModules.${name}";
+        _file = "${toString ./flake.nix}#nixosModules.${name}";
+        imports = [ ./nixos/common.nix ] ++ modules;
+      };
 
       # What a host file does not say: boot loader, file systems, the NVIDIA driver.
       hardware =
@@ -52,6 +55,8 @@
           ];
         };
 
+      # Each tests/vm/*.nix as a check, run with nixpkgs as it is (no overlay): runNixOSTest
+      # makes the nodes' nixpkgs read-only, so a node gets its packages through options.
       vmTests =
         pkgs:
         lib.mapAttrs' (
@@ -60,26 +65,19 @@
             pkgs.testers.runNixOSTest (import (./tests/vm + "/${file}") { inherit self; })
           )
         ) (lib.filterAttrs (n: t: t == "regular" && lib.hasSuffix ".nix" n) (builtins.readDir ./tests/vm));
+
+      # A check that passes when evaluating `drv` succeeded (its drvPath), without building it.
+      evaluates =
+        pkgs: name: drv:
+        pkgs.writeText name (builtins.unsafeDiscardStringContext drv.drvPath);
     in
     {
       nixosModules = {
-        default = withPackage [ ./nixos ];
-        llama-server = withPackage [
-          ./nixos/common.nix
-          ./nixos/llama-server.nix
-        ];
-        vllm = withPackage [
-          ./nixos/common.nix
-          ./nixos/vllm.nix
-        ];
-        sglang = withPackage [
-          ./nixos/common.nix
-          ./nixos/sglang.nix
-        ];
-        triton = withPackage [
-          ./nixos/common.nix
-          ./nixos/triton.nix
-        ];
+        default = export "default" [ ./nixos ];
+        llama-server = export "llama-server" [ ./nixos/llama-server.nix ];
+        vllm = export "vllm" [ ./nixos/vllm.nix ];
+        sglang = export "sglang" [ ./nixos/sglang.nix ];
+        triton = export "triton" [ ./nixos/triton.nix ];
       };
 
       overlays.default = final: prev: {
@@ -131,18 +129,21 @@
 
       formatter = forAllSystems (system: nixpkgs.legacyPackages.${system}.nixfmt);
 
-      # h100-server needs a Triton package that nixpkgs lacks: it evaluates once an overlay
-      # provides pkgs.triton-inference-server, so it is not among the checks.
+      # hosts/h100-server.nix uses SGLang and Triton, which nixpkgs lacks: a machine sets
+      # services.inference.{sglang,triton}.package itself (see the file).
       nixosConfigurations = lib.genAttrs hostNames mkHost;
 
       checks = forAllSystems (
         system:
         let
           pkgs = pkgsFor system;
+          plainPkgs = nixpkgs.legacyPackages.${system};
           golden = (import ./tests/nix/eval.nix { nixpkgsLib = nixpkgs; }).golden;
         in
         {
           model-pull = pkgs.model-pull;
+          # The wrapper gives pydbus the GLib/Gio typelibs (nix/model-pull.nix).
+          model-pull-gio = pkgs.callPackage ./nix/model-pull-gio.nix { };
           # tests/nix/golden.json equals an evaluation with this flake's nixpkgs lib.
           golden =
             if golden == lib.importJSON ./tests/nix/golden.json then
@@ -151,14 +152,27 @@
               throw "tests/nix/golden.json is stale: run `make update-golden NIXPKGS_LIB=...`";
         }
         // lib.optionalAttrs (system == "x86_64-linux") (
-          # Evaluating each host's toplevel (its assertions included) without building CUDA.
+          # Each host's toplevel evaluated (its assertions included) without building CUDA;
+          # the runtimes nixpkgs lacks are tests/nix/standins.nix.
           lib.mapAttrs' (
             name: host:
             lib.nameValuePair "host-${name}" (
-              pkgs.writeText "host-${name}" (builtins.unsafeDiscardStringContext host.config.system.build.toplevel.drvPath)
+              evaluates pkgs "host-${name}"
+                (host.extendModules { modules = [ ./tests/nix/standins.nix ]; }).config.system.build.toplevel
             )
-          ) (lib.removeAttrs self.nixosConfigurations [ "h100-server" ])
-          // vmTests pkgs
+          ) self.nixosConfigurations
+          // {
+            # All the exports in one configuration: the shared part is taken once.
+            modules-combine = evaluates pkgs "modules-combine"
+              (lib.nixosSystem {
+                modules = lib.attrValues self.nixosModules ++ [
+                  hardware
+                  ./tests/nix/standins.nix
+                  (./hosts + "/h100-server.nix")
+                ];
+              }).config.system.build.toplevel;
+          }
+          // vmTests plainPkgs
         )
       );
     };

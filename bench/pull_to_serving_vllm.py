@@ -29,8 +29,7 @@ import tempfile
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(PROJECT / "tests" / "systemd"), str(PROJECT / "tests"),
-                str(PROJECT / "helper")]
+sys.path[:0] = [str(PROJECT / "tests" / "systemd"), str(PROJECT / "tests"), str(PROJECT / "helper")]
 
 from serving_world import (  # noqa: E402
     World,
@@ -100,8 +99,12 @@ print(answered[0] - t0, returned - t0, started / 1e6 - t0_mono, gone[0] - t0)
 
 def timed(w: World, mode: str) -> list[float]:
     url = f"http://127.0.0.1:{PORT}/v1/completions"
-    proc = w.ct.run([sys.executable, "-c", TIMED_RESTART, mode, UNIT, url, SERVED],
-                    env=w.ct.python_env(w.pull_env), timeout=1200, check=False)
+    proc = w.ct.run(
+        [sys.executable, "-c", TIMED_RESTART, mode, UNIT, url, SERVED],
+        env=w.ct.python_env(w.pull_env),
+        timeout=1200,
+        check=False,
+    )
     if proc.returncode != 0:
         sys.exit(f"{mode} restart failed: {proc.stdout}{proc.stderr}\n{w.ct.journal(UNIT)}")
     return [float(x) for x in proc.stdout.strip().splitlines()[-1].split()]
@@ -120,14 +123,22 @@ def main() -> int:
         hub = DevHub(base / "hub")
         hub.add_repo(REPO, tiny_llama_files(seed=100, quantization="fp8"))
         pkgs = {"vllm": vllm_package(base), **path_packages(base)}
-        with serving_world(base, HOST, pkgs, dropins={UNIT: cpu_dropin(HOST, UNIT)},
-                           binds=[*runtime_binds(), *cpu_tools(base)]) as w:
+        with serving_world(
+            base,
+            HOST,
+            pkgs,
+            dropins={UNIT: cpu_dropin(HOST, UNIT)},
+            binds=[*runtime_binds(), *cpu_tools(base)],
+        ) as w:
             first = w.model_pull("--no-restart")
             if first.returncode != 0:
                 sys.exit(f"first pull failed: {first.stdout}{first.stderr}")
             first_start = timed(w, "pull")[0]  # cold: nothing compiled yet
             processes = w.unit_processes(UNIT)
-            new_entry, new_entry_returned, own_start, pull_same_entry = [], [], [], []
+            new_entry: list[float] = []
+            new_entry_returned: list[float] = []
+            own_start: list[float] = []
+            pull_same_entry: list[float] = []
             exec_started: dict[str, list[float]] = {"pull": [], "systemctl": []}
             old_gone: dict[str, list[float]] = {"pull": [], "systemctl": []}
             for i in range(args.runs):
@@ -138,29 +149,34 @@ def main() -> int:
                 answered, returned, _, _ = timed(w, "pull")
                 new_entry.append(answered)
                 new_entry_returned.append(returned)
-                for mode in (("systemctl", "pull") if i % 2 == 0 else ("pull", "systemctl")):
+                for mode in ("systemctl", "pull") if i % 2 == 0 else ("pull", "systemctl"):
                     answered, _, started, stopped = timed(w, mode)
                     (own_start if mode == "systemctl" else pull_same_entry).append(answered)
                     exec_started[mode].append(started)
                     old_gone[mode].append(stopped)
     b, c = statistics.median(own_start), statistics.median(pull_same_entry)
-    print(json.dumps({
-        "container": "systemd-nspawn, systemd as PID 1, rendered vllm-qwen3-8b.service "
-                     "(l4-box) + CPU drop-in, vLLM 0.32.0 CPU build, tiny FP8 llama",
-        "first_start_cold_compile_cache_s": round(first_start, 2),
-        "pull_to_first_completion_new_entry": summary(new_entry),
-        "pull_restart_call_returned": summary(new_entry_returned),
-        "systemctl_restart_to_first_completion": summary(own_start),
-        "model_pull_restart_same_entry_to_first_completion": summary(pull_same_entry),
-        "added_by_model_pull_s": round(c - b, 2),
-        "target_added_s": 1.0,
-        "systemctl_restart_to_new_process_started": summary(exec_started["systemctl"]),
-        "model_pull_restart_to_new_process_started": summary(exec_started["pull"]),
-        "systemctl_restart_to_old_process_gone": summary(old_gone["systemctl"]),
-        "model_pull_restart_to_old_process_gone": summary(old_gone["pull"]),
-        "serving_processes": len(processes),
-        "serving_rss_gib": round(sum(processes.values()) / (1 << 30), 2),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "container": "systemd-nspawn, systemd as PID 1, rendered vllm-qwen3-8b.service "
+                "(l4-box) + CPU drop-in, vLLM 0.32.0 CPU build, tiny FP8 llama",
+                "first_start_cold_compile_cache_s": round(first_start, 2),
+                "pull_to_first_completion_new_entry": summary(new_entry),
+                "pull_restart_call_returned": summary(new_entry_returned),
+                "systemctl_restart_to_first_completion": summary(own_start),
+                "model_pull_restart_same_entry_to_first_completion": summary(pull_same_entry),
+                "added_by_model_pull_s": round(c - b, 2),
+                "target_added_s": 1.0,
+                "systemctl_restart_to_new_process_started": summary(exec_started["systemctl"]),
+                "model_pull_restart_to_new_process_started": summary(exec_started["pull"]),
+                "systemctl_restart_to_old_process_gone": summary(old_gone["systemctl"]),
+                "model_pull_restart_to_old_process_gone": summary(old_gone["pull"]),
+                "serving_processes": len(processes),
+                "serving_rss_gib": round(sum(processes.values()) / (1 << 30), 2),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -1,6 +1,16 @@
 # A server with one H100 (Hopper, SM 9.0, 80 GB): standalone vLLM, Triton (vLLM backend) and
-# SGLang serve the same `dual` entry of Qwen3.5-2B, one copy of the weights on disk (seed 000).
-{ pkgs, ... }:
+# SGLang serve the same `dual` entry of Qwen3.5-2B, one copy of the weights on disk.
+#
+# nixpkgs has vLLM, but no Triton Inference Server and no SGLang (python3Packages.sglang is
+# https://github.com/NixOS/nixpkgs/pull/525141, not merged): this machine's own configuration
+# provides those two, e.g. from an overlay or another flake:
+#
+#   services.inference.triton.package = inputs.my-triton.packages.x86_64-linux.tritonserver;
+#   services.inference.sglang.package = pkgs.python3.withPackages (ps: [ ps.sglang ]);
+#
+# Until then evaluation stops with one line naming the option to set. The flake's host check
+# evaluates this file with stand-ins for the two (tests/nix/standins.nix).
+{ ... }:
 {
   networking.hostName = "h100-server";
 
@@ -16,7 +26,7 @@
 
     models.qwen3_5-2b = {
       repo = "Qwen/Qwen3.5-2B";
-      # The snapshot seed 000 packages.
+      # A pinned commit of the repository.
       revision = "15852e8c16360a2fea060d615a32b45270f8a8fc";
       layout = "dual";
       tritonName = "qwen3_5_2b";
@@ -42,8 +52,6 @@
 
     triton = {
       enable = true;
-      # nixpkgs has no Triton Inference Server: provide one through an overlay.
-      package = pkgs.triton-inference-server;
       models.qwen3_5-2b.overrides = {
         gpu_memory_utilization = 0.3;
       };

@@ -1,5 +1,5 @@
 # A small inference box with one L4 (Ada, SM 8.9, 24 GB): an FP8 (W8A8) checkpoint on vLLM.
-# SM 8.9 is the oldest architecture with native FP8 tensor cores (seed 000's table).
+# SM 8.9 is the oldest architecture with native FP8 tensor cores.
 { ... }:
 {
   networking.hostName = "l4-box";

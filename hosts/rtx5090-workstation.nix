@@ -1,5 +1,5 @@
 # A workstation with one RTX 5090 (Blackwell consumer, SM 12.0, 32 GB): a Qwen-based 27B GGUF
-# on llama-server with a small draft model, as in seed 003. Everything this project needs for
+# on llama-server with a small draft model. Everything this project needs for
 # the machine is in this file; the flake adds the hardware boilerplate.
 { ... }:
 {
@@ -40,7 +40,7 @@
         name = "qwen3-1_7b-draft";
         file = "Qwen3-1.7B-Q4_K_M.gguf";
       };
-      # Seed 003: native 262K context, q4_0 KV cache (needs flash attention), one slot so the
+      # Native 262K context, q4_0 KV cache (needs flash attention), one slot so the
       # KV cache is not multiplied by 4, metrics on, loopback only.
       contextSize = 262144;
       kvQuant = "q4_0";

@@ -14,6 +14,16 @@ let
 
   isCommit = rev: builtins.match "[0-9a-f]{40}" rev != null;
 
+  # model-pull's default (datamodel.default_triton_name): the repo's name part in lower case,
+  # every character other than a letter, a digit or "_" turned into "_".
+  defaultTritonName =
+    repo:
+    lib.toLower (
+      lib.concatMapStrings (part: if lib.isList part then "_" else part) (
+        builtins.split "[^A-Za-z0-9_]" (lib.last (lib.splitString "/" repo))
+      )
+    );
+
   modelModule =
     { name, ... }:
     {
@@ -59,7 +69,7 @@ let
         tritonName = mkOption {
           type = types.nullOr (types.strMatching "[A-Za-z0-9_.-]+");
           default = null;
-          defaultText = lib.literalMD "the model name with `-` and `.` turned into `_`, for the `dual` and `single` layouts";
+          defaultText = lib.literalMD "the repository's name part in lower case, every character other than a letter, a digit or `_` turned into `_` (`Qwen/Qwen3.5-2B`: `qwen3_5_2b`), for the `dual` and `single` layouts";
           description = "Directory name Triton sees in its model repository.";
         };
         narHash = mkOption {
@@ -93,14 +103,14 @@ let
     };
 
   models = lib.mapAttrs (
-    name: m:
+    _: m:
     m
     // {
       tritonName =
         if m.tritonName != null then
           m.tritonName
         else if lib.elem m.layout [ "dual" "single" ] then
-          lib.replaceStrings [ "-" "." ] [ "_" "_" ] name
+          defaultTritonName m.repo
         else
           null;
     }
@@ -130,24 +140,39 @@ let
     }) cfg.runtimeUnits;
   };
 
+  # The manifest as a file: /etc/inference/models.json, and the restart trigger of the pull.
+  manifestFile = pkgs.writeText "inference-models.json" (builtins.toJSON manifest);
+
+  # Nix store names (nix-store --add): the helper names each entry `<hash>-<model name>`.
+  isStoreName = name: builtins.match "[A-Za-z0-9+_?=-][A-Za-z0-9+._?=-]*" name != null;
+
   portUsers = lib.foldlAttrs (
     acc: unit: u:
     lib.foldl' (a: p: a // { ${toString p} = (a.${toString p} or [ ]) ++ [ "${u.option} (${unit})" ]; }) acc u.ports
   ) { } cfg.runtimeUnits;
 
-  # Pulls what is missing, then model-pull restarts the waiting units itself (over D-Bus).
-  pullScript = pkgs.writeShellScript "model-pull-auto" ''
-    set -u
-    delay=30
-    for attempt in 1 2 3 4 5; do
-      ${lib.getExe' cfg.package "model-pull"} && exit 0
-      rc=$?
-      echo "model-pull failed (exit $rc), attempt $attempt of 5; retrying in $delay s" >&2
-      sleep "$delay"
-      delay=$((delay * 2))
-    done
-    exit "$rc"
-  '';
+  # Where model-pull.service keeps huggingface_hub's home (HF_HOME): hf-xet writes its chunk
+  # cache under $HF_HOME/xet, and ProtectHome hides root's home.
+  pullCache = "/var/cache/model-pull";
+
+  # Exit codes of model-pull (helper/model_pull/errors.py) that a retry cannot change: the
+  # declaration or the machine must change first. The unit fails at once and says why.
+  permanentFailures = [
+    2 # usage
+    10 # repository not found
+    11 # revision not found
+    13 # include/exclude select no file
+    15 # unsafe file names in the listing
+    17 # the state root is not writable
+    22 # content differs from the declared narHash
+    23 # unreadable manifest
+    25 # bad input
+    31 # the model cannot run on this GPU with this runtime
+    32 # the model does not fit in the GPU's memory
+    # The pull itself succeeded: a second run finds nothing new and restarts nothing.
+    40 # no system bus, or the D-Bus bindings cannot load
+    41 # a waiting unit failed to start on the new entry
+  ];
 in
 {
   options.services.inference = {
@@ -157,7 +182,13 @@ in
       description = "State root of model-pull: entries, the `models/` links, cache and logs.";
     };
 
-    package = lib.mkPackageOption pkgs "model-pull" { };
+    package = mkOption {
+      type = types.package;
+      # Built from this repository, so the helper reads the manifest these modules write.
+      default = pkgs.python3Packages.toPythonApplication (pkgs.python3Packages.callPackage ../nix/model-pull.nix { });
+      defaultText = lib.literalMD "model-pull built from this repository's `nix/model-pull.nix` with `pkgs.python3Packages`";
+      description = "The model-pull helper (it reads the manifest these modules write: keep the two from one revision).";
+    };
 
     tokenFile = mkOption {
       # A string, not a path: a path would be copied into the world-readable store.
@@ -182,7 +213,11 @@ in
       default = false;
       description = ''
         Run `model-pull.service` at boot (after network-online.target): pull every declared
-        model that is missing, in the background, and restart the units waiting for it.
+        model that is missing, in the background, and restart the units waiting for it. A
+        `nixos-rebuild switch` that adds or changes a model runs it again (the manifest is its
+        restart trigger). A failed pull is retried with a growing delay (up to an hour), except
+        when retrying cannot help (a missing repository, a model that does not fit the GPU...):
+        `systemctl status model-pull` then shows why.
       '';
     };
 
@@ -214,10 +249,8 @@ in
               type = types.listOf types.port;
               default = [ ];
             };
-            cudaCapabilities = mkOption {
-              type = types.listOf types.str;
-              default = ilib.cudaCapabilities config pkgs;
-            };
+            # What the unit's runtime package has CUDA code for (lib.nix, cudaCapabilitiesOf).
+            cudaCapabilities = mkOption { type = types.listOf types.str; };
           };
         }
       );
@@ -242,7 +275,16 @@ in
           assertion = cfg.tokenFile == null || lib.hasPrefix "/" cfg.tokenFile;
           message = "services.inference.tokenFile must be an absolute path (got \"${toString cfg.tokenFile}\").";
         }
+        {
+          # The root is in paths that systemd and tmpfiles expand specifiers in.
+          assertion = !lib.hasInfix "%" cfg.root;
+          message = "services.inference.root must not contain '%' (got \"${cfg.root}\"): systemd reads '%' in unit files as a specifier.";
+        }
       ]
+      ++ lib.mapAttrsToList (name: _: {
+        assertion = isStoreName name;
+        message = "services.inference.models.\"${name}\": a model name must be a Nix store name (letters, digits and + - . _ ? =, not starting with '.'): model-pull names its entry <hash>-<name>.";
+      }) cfg.models
       ++ lib.mapAttrsToList (port: users: {
         assertion = lib.length users < 2;
         message = "services.inference: port ${port} is used by more than one service: ${lib.concatStringsSep ", " users}.";
@@ -275,7 +317,7 @@ in
 
     environment.systemPackages = [ cfg.package ];
 
-    environment.etc."inference/models.json".text = builtins.toJSON manifest;
+    environment.etc."inference/models.json".source = manifestFile;
 
     users.users.inference = {
       isSystemUser = true;
@@ -301,21 +343,43 @@ in
           wantedBy = [ "multi-user.target" ];
           wants = [ "network-online.target" ];
           after = [ "network-online.target" ];
+          # A switch that adds or changes a model restarts it (switch-to-configuration compares
+          # the unit files of active units; X-Restart-Triggers holds the manifest's store path).
+          restartTriggers = [ manifestFile ];
           environment = {
             MODEL_PULL_MANIFEST = "/etc/inference/models.json";
             HF_HUB_DISABLE_PROGRESS_BARS = "1";
+            HF_HUB_DISABLE_TELEMETRY = "1";
+            HF_HOME = pullCache;
           }
-          // lib.optionalAttrs (cfg.endpoint != null) { HF_ENDPOINT = cfg.endpoint; };
+          // lib.optionalAttrs (cfg.endpoint != null) { HF_ENDPOINT = ilib.escapeSpecifiers cfg.endpoint; };
           serviceConfig = {
-            # In the background: boot does not wait for gigabytes of weights.
+            # In the background: boot does not wait for gigabytes of weights. model-pull
+            # restarts the units waiting for what it installed, over D-Bus.
             Type = "exec";
-            ExecStart = "${pullScript}";
+            ExecStart = ilib.execLine [ (lib.getExe' cfg.package "model-pull") ];
+            # Stays active after a successful pull, so that only a changed manifest (the restart
+            # trigger) pulls again on the next switch, not every switch.
+            RemainAfterExit = true;
+            # Retries with a growing delay, 30 s up to 1 h over 8 steps (systemd >= 254, as
+            # nixpkgs' ollama model loader does); never for failures a retry cannot change.
+            Restart = "on-failure";
+            RestartSec = "30s";
+            RestartSteps = 8;
+            RestartMaxDelaySec = "1h";
+            RestartPreventExitStatus = map toString permanentFailures;
+            # hf-xet's cache ($HF_HOME/xet) and huggingface_hub's token/locks live here.
+            CacheDirectory = "model-pull";
             # Root writes the state root and talks to systemd; nothing else.
             ReadWritePaths = [ cfg.root ];
             ProtectSystem = "strict";
             ProtectHome = true;
             PrivateTmp = true;
-            PrivateDevices = true;
+            # The GPU check before a download reads the GPU through NVML: PrivateDevices would
+            # hide /dev/nvidia*, so a closed device policy allows the NVIDIA nodes only.
+            PrivateDevices = false;
+            DevicePolicy = "closed";
+            DeviceAllow = ilib.gpuDeviceAllow;
             NoNewPrivileges = true;
             ProtectKernelTunables = true;
             ProtectKernelModules = true;
@@ -334,6 +398,8 @@ in
               "AF_INET"
               "AF_INET6"
               "AF_UNIX"
+              # NVML reads interface lists over netlink.
+              "AF_NETLINK"
             ];
             # Entries are world-readable (0444/0555) so the runtimes' user can read them.
             UMask = "0022";

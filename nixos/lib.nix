@@ -51,6 +51,12 @@ rec {
 
   execLine = args: lib.concatMapStringsSep " " escapeExecArg args;
 
+  # A value systemd reads with specifier expansion (ConditionPathExists=, Environment=,
+  # LoadCredential=, ReadOnlyPaths=...; see systemd.unit(5), "Specifiers"): '%' doubled, so a
+  # '%' in a path or a URL reaches the program as itself. Unescaped, "%y" becomes the unit
+  # file's path, and an unknown specifier makes systemd drop the whole setting.
+  escapeSpecifiers = lib.replaceStrings [ "%" ] [ "%%" ];
+
   # The command-line options of each runtime, generated from the runtime itself by
   # scripts/gen-runtime-args.py (`make update-runtime-args`): its version and, per long option,
   # how it reads a value: "bool" (--X / --no-X), "flag" (--X, off unless given), "list"
@@ -257,9 +263,53 @@ rec {
     StartLimitIntervalSec = 600;
   };
 
-  # CUDA capabilities the runtime packages were built for (manifest `cudaCapabilities`).
-  cudaCapabilities =
-    config: pkgs: pkgs.cudaPackages.flags.cudaCapabilities or (config.nixpkgs.config.cudaCapabilities or [ ]);
+  # The CUDA capabilities a runtime package has code for (the manifest's `cudaCapabilities` of
+  # its unit, which `model-pull check` compares with the GPU), read from the package itself:
+  # - `cudaCapabilities`: nixpkgs' torch passes it through (empty for a CPU build); any package
+  #   can say it the same way (`passthru.cudaCapabilities`);
+  # - vLLM: TORCH_CUDA_ARCH_LIST in its cmakeFlags ("8.9;9.0a;9.0+PTX"), set only with CUDA;
+  # - llama.cpp: CMAKE_CUDA_ARCHITECTURES in its cmakeFlags ("89;120"), set only with CUDA.
+  # [ ]: no CUDA code that can be seen here: a CPU build, or a package that does not say
+  # (no package at all, an environment, a binary build).
+  cudaCapabilitiesOf =
+    pkg:
+    let
+      # The value of -DNAME[:TYPE]=VALUE in the package's cmakeFlags (the last one wins, as in CMake).
+      flag =
+        name:
+        let
+          values = lib.concatMap (
+            f:
+            let
+              m = builtins.match "-D${name}(:[A-Z]+)?=(.*)" (toString f);
+            in
+            lib.optional (m != null) (lib.elemAt m 1)
+          ) (pkg.cmakeFlags or [ ]);
+        in
+        if values == [ ] then null else lib.last values;
+      entries = s: lib.filter (e: e != "") (lib.splitString ";" s);
+      # "8.9+PTX" -> "8.9"; "9.0a" stays (arch-specific code).
+      torchArch = lib.removeSuffix "+PTX";
+      # CMake's "120" / "90a" / "89-real" -> "12.0" / "9.0a" / "8.9"; "all", "native": unknown.
+      cmakeArch =
+        e:
+        let
+          m = builtins.match "([0-9]+)([0-9])([af]?)(-real|-virtual)?" e;
+        in
+        if m == null then null else "${lib.elemAt m 0}.${lib.elemAt m 1}${lib.elemAt m 2}";
+      torchList = flag "TORCH_CUDA_ARCH_LIST";
+      cmakeList = flag "CMAKE_CUDA_ARCHITECTURES";
+    in
+    if pkg == null then
+      [ ]
+    else if pkg ? cudaCapabilities then
+      pkg.cudaCapabilities
+    else if torchList != null then
+      lib.unique (map torchArch (entries torchList))
+    else if cmakeList != null then
+      lib.filter (e: e != null) (map cmakeArch (entries cmakeList))
+    else
+      [ ];
 
   # Environment of the runtimes that load through huggingface_hub (vLLM, SGLang, Triton's
   # vLLM backend): the cache is the entry, and nothing is ever downloaded at run time.
@@ -280,7 +330,10 @@ rec {
   };
 
   gpuEnv =
-    gpus: lib.optionalAttrs (gpus != null) { CUDA_VISIBLE_DEVICES = lib.concatStringsSep "," gpus; };
+    gpus:
+    lib.optionalAttrs (gpus != null) {
+      CUDA_VISIBLE_DEVICES = escapeSpecifiers (lib.concatStringsSep "," gpus);
+    };
 
   # Assertions for an instance that reads a declared model through the HF cache.
   hfModelAssertions =
@@ -341,6 +394,7 @@ rec {
           option = "services.inference.${kind}.instances.${name}.port";
           models = [ inst.model ];
           ports = [ inst.port ];
+          cudaCapabilities = cudaCapabilitiesOf inst.package;
         }
       ) instances;
 

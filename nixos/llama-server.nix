@@ -177,11 +177,9 @@ let
       after = [ "network.target" ];
       # Skipped, not failed, until model-pull has installed the files.
       unitConfig = ilib.startLimit // {
-        ConditionPathExists = map pathOf refs;
+        ConditionPathExists = map (ref: ilib.escapeSpecifiers (pathOf ref)) refs;
       };
-      environment = lib.optionalAttrs (inst.gpus != null) {
-        CUDA_VISIBLE_DEVICES = lib.concatStringsSep "," inst.gpus;
-      };
+      environment = ilib.gpuEnv inst.gpus;
       serviceConfig =
         ilib.hardening {
           user = "inference";
@@ -194,7 +192,7 @@ let
             ilib.execLine args + lib.optionalString (inst.apiKeyFile != null) " --api-key-file %d/api-key";
         }
         // lib.optionalAttrs (inst.apiKeyFile != null) {
-          LoadCredential = [ "api-key:${inst.apiKeyFile}" ];
+          LoadCredential = [ "api-key:${ilib.escapeSpecifiers inst.apiKeyFile}" ];
         };
     };
 
@@ -216,7 +214,11 @@ in
 {
   options.services.inference.llama-server = {
     package = lib.mkPackageOption pkgs "llama-cpp" {
-      extraDescription = "Build it for your GPU, e.g. `pkgs.llama-cpp.override { cudaSupport = true; }`.";
+      extraDescription = ''
+        nixpkgs builds it with CUDA when `nixpkgs.config.cudaSupport = true` (and
+        `allowUnfree`), for `nixpkgs.config.cudaCapabilities`; or override one package:
+        `pkgs.llama-cpp.override { cudaSupport = true; }`.
+      '';
     };
     instances = mkOption {
       type = types.attrsOf (types.submodule instanceModule);
@@ -263,6 +265,7 @@ in
         option = "services.inference.llama-server.instances.${name}.port";
         models = [ inst.model.name ] ++ lib.optional (inst.draft != null) inst.draft.name;
         ports = [ inst.port ];
+        cudaCapabilities = ilib.cudaCapabilitiesOf cfg.package;
       }
     ) cfg.instances;
 

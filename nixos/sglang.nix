@@ -27,7 +27,7 @@ let
         '';
       };
       package = mkOption {
-        type = types.package;
+        type = types.nullOr types.package;
         default = cfg.package;
         defaultText = lib.literalExpression "config.services.inference.sglang.package";
         description = "Python environment with SGLang for this instance.";
@@ -105,10 +105,16 @@ in
 {
   options.services.inference.sglang = {
     package = mkOption {
-      type = types.package;
-      default = pkgs.python3.withPackages (ps: [ ps.sglang ]);
-      defaultText = lib.literalExpression "pkgs.python3.withPackages (ps: [ ps.sglang ])";
-      description = "Python environment with SGLang (its `bin/python` runs `sglang.launch_server`).";
+      # nixpkgs has no SGLang package (python3Packages.sglang is NixOS/nixpkgs#525141, open).
+      type = types.nullOr types.package;
+      default = null;
+      example = lib.literalExpression "pkgs.python3.withPackages (ps: [ ps.sglang ])";
+      description = ''
+        Python environment with SGLang (its `bin/python` runs `sglang.launch_server`). nixpkgs
+        has no SGLang package yet: bring your own (an overlay, another flake). For
+        `model-pull check`, give it `passthru.cudaCapabilities` (what its kernels were built
+        for, e.g. torch's `cudaCapabilities`); without it the manifest lists none.
+      '';
     };
     instances = mkOption {
       type = types.attrsOf (types.submodule instanceModule);
@@ -127,7 +133,12 @@ in
         inherit models unitName mkService;
       })
       {
-        assertions = lib.concatMap (c: c.assertions) checks;
+        assertions =
+          lib.mapAttrsToList (name: inst: {
+            assertion = inst.package != null;
+            message = "services.inference.sglang.package is not set (instance ${name}): nixpkgs has no SGLang package; set it to a Python environment with SGLang.";
+          }) cfg.instances
+          ++ lib.concatMap (c: c.assertions) checks;
         warnings = lib.concatMap (c: c.warnings) checks;
       }
     ]

@@ -41,11 +41,13 @@ in
   options.services.inference.triton = {
     enable = lib.mkEnableOption "Triton Inference Server (vLLM backend) for declared models";
     package = mkOption {
-      type = types.package;
-      example = lib.literalExpression "pkgs.triton-inference-server";
+      type = types.nullOr types.package;
+      default = null;
+      example = lib.literalExpression "inputs.my-triton.packages.x86_64-linux.tritonserver";
       description = ''
         Triton Inference Server with the vLLM backend (`bin/tritonserver`). nixpkgs has none:
-        bring your own derivation (for example through an overlay).
+        bring your own derivation (an overlay, another flake). For `model-pull check`, give it
+        `passthru.cudaCapabilities`; without it the manifest lists none.
       '';
     };
     models = mkOption {
@@ -112,6 +114,10 @@ in
         {
           assertion = cfg.models != { };
           message = "services.inference.triton.models is empty: name at least one declared model to serve.";
+        }
+        {
+          assertion = cfg.package != null;
+          message = "services.inference.triton.package is not set: nixpkgs has no Triton Inference Server; set it to your build (with the vLLM backend).";
         }
       ]
       ++ lib.concatLists (
@@ -187,6 +193,7 @@ in
       runtime = "triton";
       option = "services.inference.triton";
       models = lib.attrNames cfg.models;
+      cudaCapabilities = ilib.cudaCapabilitiesOf cfg.package;
       ports = [
         cfg.httpPort
         cfg.grpcPort

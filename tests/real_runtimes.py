@@ -29,8 +29,13 @@ PROBE = PROJECT / "tests" / "systemd" / "runtime_probe.py"
 def _install(env: str, script: str, timeout: float) -> Path:
     if os.environ.get(env):
         return Path(os.environ[env])
-    proc = subprocess.run([str(PROJECT / "scripts" / script)], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    proc = subprocess.run(
+        [str(PROJECT / "scripts" / script)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     if proc.returncode != 0:
         pytest.fail(f"scripts/{script} failed:\n{proc.stderr[-3000:]}")
     path = proc.stdout.strip().splitlines()[-1]
@@ -65,8 +70,14 @@ def llama_server_binary() -> Path:
 def runtime_env(**extra: str) -> dict[str, str]:
     """Environment for the runtimes' interpreter: offline, no telemetry, SGLang importable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update({"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-                "PYTHONPATH": str(sglang_path())})
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            "PYTHONPATH": str(sglang_path()),
+        }
+    )
     env.update(extra)
     return env
 
@@ -76,9 +87,15 @@ def run_parsers(requests: list[tuple[str, list[str]]]) -> list[dict[str, Any]]:
     program): vllm, `vllm serve`'s FlexibleArgumentParser (argv starts with "serve"); sglang,
     `ServerArgs.add_cli_args`. Each result is {"args": {dest: value}} or {"error": message}."""
     payload = json.dumps([{"runtime": r, "argv": argv} for r, argv in requests])
-    proc = subprocess.run([str(vllm_python()), str(PROBE), "parse-all"], input=payload,
-                          capture_output=True, text=True, env=runtime_env(), timeout=600,
-                          check=False)
+    proc = subprocess.run(
+        [str(vllm_python()), str(PROBE), "parse-all"],
+        input=payload,
+        capture_output=True,
+        text=True,
+        env=runtime_env(),
+        timeout=600,
+        check=False,
+    )
     if proc.returncode != 0:
         pytest.fail(f"runtime_probe.py parse-all failed:\n{proc.stderr[-3000:]}")
     results: list[dict[str, Any]] = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -26,7 +26,14 @@ from real_runtimes import (
     runtime_env,
     vllm_python,
 )
-from test_nixos_eval import COMMIT, DUAL_MODEL, GGUF_MODEL, evaluate
+from test_nixos_eval import (
+    COMMIT,
+    DUAL_MODEL,
+    GGUF_MODEL,
+    SGLANG_PACKAGE,
+    TRITON_PACKAGE,
+    evaluate,
+)
 from test_nixos_eval import pytestmark as needs_nix
 
 GENERATOR = PROJECT / "scripts" / "gen-runtime-args.py"
@@ -62,21 +69,30 @@ def test_shipped_option_list_is_the_installed_runtimes(runtime: str) -> None:
         argv = [sys.executable, str(GENERATOR), runtime, str(llama_server_binary())]
     else:
         argv = [str(vllm_python()), str(GENERATOR), runtime]
-    proc = subprocess.run(argv, capture_output=True, text=True, env=runtime_env(), timeout=600,
-                          check=False)
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, env=runtime_env(), timeout=600, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     live, shipped = json.loads(proc.stdout), json.loads(LISTS[runtime].read_text())
     for what in ("version", "engineArgs", "options"):
         assert live.get(what) == shipped.get(what), (
             f"{LISTS[runtime].relative_to(PROJECT)} is not what the installed {runtime} has "
-            f"({what}); run `make update-runtime-args`")
+            f"({what}); run `make update-runtime-args`"
+        )
 
 
 def test_engine_args_are_not_the_old_hand_kept_list() -> None:
     """The seven keys the hand-kept list had and vLLM 0.32.0's AsyncEngineArgs refuses."""
     names = set(json.loads(LISTS["vllm"].read_text())["engineArgs"])
-    gone = {"calculate_kv_scales", "disable_log_requests", "max_num_partial_prefills",
-            "max_seq_len_to_capture", "rope_scaling", "rope_theta", "swap_space"}
+    gone = {
+        "calculate_kv_scales",
+        "disable_log_requests",
+        "max_num_partial_prefills",
+        "max_seq_len_to_capture",
+        "rope_scaling",
+        "rope_theta",
+        "swap_space",
+    }
     assert not names & gone
     assert {"gpu_memory_utilization", "max_model_len", "dtype", "enable_prefix_caching"} <= names
 
@@ -146,7 +162,7 @@ SGLANG_EXPECTED = {
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     result = evaluate(
-        f"""{{ {GGUF_MODEL} {DUAL_MODEL}
+        f"""{{ pkgs, ... }}: {{ {GGUF_MODEL} {DUAL_MODEL} {SGLANG_PACKAGE}
         services.inference.vllm.instances.v = {{ model = "d"; settings = {VLLM_SETTINGS}; }};
         services.inference.sglang.instances.s = {{ model = "d"; settings = {SGLANG_SETTINGS}; }};
         services.inference.llama-server.instances.l = {{ model = {{ name = "g"; file = "m.gguf"; }};
@@ -155,8 +171,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         tmp_path_factory.mktemp("eval"),
     )
     assert result["assertions"] == [] and result["warnings"] == [], result
-    return {unit: exec_argv(u["serviceConfig"]["ExecStart"])
-            for unit, u in result["units"].items()}
+    return {unit: exec_argv(u["serviceConfig"]["ExecStart"]) for unit, u in result["units"].items()}
 
 
 @evaluates_nix
@@ -177,14 +192,16 @@ def test_vllm_and_sglang_read_back_every_setting(rendered: dict[str, Any]) -> No
 def test_the_parsers_catch_a_wrong_rendering() -> None:
     """The check above can fail: other renderings are refused or lose the setting."""
     base = ["serve", "org/d", "--port", "8000"]
-    v_valued_switch, s_repeated, v_left_out = run_parsers([
-        ("vllm", [*base, "--enable-prefix-caching", "false"]),
-        # what settingsToArgs rendered for lists before: SGLang keeps the last one only
-        ("sglang", ["--model-path", "org/d", "--lora-paths", "a=/x", "--lora-paths", "b=/y"]),
-        # a false left out (as vLLM's --config YAML loader does): vLLM's default, which turns
-        # prefix caching on
-        ("vllm", base),
-    ])
+    v_valued_switch, s_repeated, v_left_out = run_parsers(
+        [
+            ("vllm", [*base, "--enable-prefix-caching", "false"]),
+            # what settingsToArgs rendered for lists before: SGLang keeps the last one only
+            ("sglang", ["--model-path", "org/d", "--lora-paths", "a=/x", "--lora-paths", "b=/y"]),
+            # a false left out (as vLLM's --config YAML loader does): vLLM's default, which turns
+            # prefix caching on
+            ("vllm", base),
+        ]
+    )
     assert "unrecognized arguments: false" in v_valued_switch["error"]
     assert s_repeated["args"]["lora_paths"] == ["b=/y"]
     assert v_left_out["args"]["enable_prefix_caching"] is None
@@ -194,17 +211,32 @@ def test_the_parsers_catch_a_wrong_rendering() -> None:
 @pytest.mark.slow
 def test_llama_server_parses_the_rendered_settings(rendered: dict[str, Any]) -> None:
     argv = rendered["llama-server-l.service"]
-    tail = argv[argv.index("-np") + 2:]
-    assert tail == ["--draft-p-min", "0.75", "--no-escape", "--perf", "--spec-draft-n-max", "16",
-                    "--tensor-split", "3,1", "--no-webui"]
+    tail = argv[argv.index("-np") + 2 :]
+    assert tail == [
+        "--draft-p-min",
+        "0.75",
+        "--no-escape",
+        "--perf",
+        "--spec-draft-n-max",
+        "16",
+        "--tensor-split",
+        "3,1",
+        "--no-webui",
+    ]
     server = str(llama_server_binary())
     # llama.cpp parses every argument before acting on --help (common/arg.cpp): exit 0 means
     # it read them all; a switch given a value is refused
-    ok = subprocess.run([server, *argv[1:], "--help"], capture_output=True, text=True,
-                        timeout=60, check=False)
+    ok = subprocess.run(
+        [server, *argv[1:], "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert ok.returncode == 0, ok.stderr[-2000:]
-    bad = subprocess.run([server, *argv[1:], "--webui", "false", "--help"], capture_output=True,
-                         text=True, timeout=60, check=False)
+    bad = subprocess.run(
+        [server, *argv[1:], "--webui", "false", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert bad.returncode != 0 and "false" in bad.stderr, bad.stderr[-2000:]
 
 
@@ -218,7 +250,7 @@ def test_unknown_engine_arguments_fail_evaluation_naming_the_vllm(tmp_path: Path
         services.inference.models.d.engineDefaults = {{ rope_theta = 10000.0; max_model_len = 4096; }};
         services.inference.models.h = {{ repo = "org/h"; revision = "{COMMIT}"; layout = "dual";
           engineDefaults.swap_space = 4; }};
-        services.inference.triton = {{ enable = true; package = pkgs.triton-inference-server;
+        services.inference.triton = {{ enable = true; {TRITON_PACKAGE}
           models.d.overrides = {{ max_seq_len_to_capture = 8192; gpu_memory_utilization = 0.3; }}; }}; }}""",
         tmp_path,
     )
@@ -236,7 +268,7 @@ def test_a_package_brings_its_own_argument_list(tmp_path: Path) -> None:
         f"""{{ pkgs, ... }}: {{ {DUAL_MODEL}
         services.inference.models.d.engineDefaults.rope_theta = 1.0;
         services.inference.triton = {{ enable = true; models.d = {{ }}; httpPort = 8010;
-          package = pkgs.triton-inference-server // {{ runtimeArgs = {own}; }}; }};
+          package = pkgs.writeShellScriptBin "tritonserver" "exit 1" // {{ runtimeArgs = {own}; }}; }};
         services.inference.vllm.instances.v = {{ model = "d"; settings.fancy = false;
           package = pkgs.vllm // {{ runtimeArgs = {own}; }}; }}; }}""",
         tmp_path,
@@ -261,4 +293,3 @@ def test_settings_vllm_does_not_have_warn_and_host_port_are_the_modules(tmp_path
         f"services.inference.vllm.instances.v.settings.max_model_len: vLLM {VLLM_VERSION} has no option --max_model_len; did you mean max-model-len?",
         f"services.inference.vllm.instances.v.settings.rope-theta: vLLM {VLLM_VERSION} has no option --rope-theta (as far as the option list model-pull ships knows); if yours has it, pass it in extraArgs.",
     ]
-

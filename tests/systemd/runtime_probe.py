@@ -86,7 +86,8 @@ def parse_vllm(argv: list[str]) -> argparse.Namespace:
     if args.subparser != "serve":
         top.error(f"expected `vllm serve`, got {argv[:1]}")
     validate_parsed_serve_args(args)
-    return args
+    parsed: argparse.Namespace = args
+    return parsed
 
 
 def parse_sglang(argv: list[str]) -> argparse.Namespace:

@@ -43,7 +43,7 @@ from typing import Any
 import pytest
 from container import PROJECT, SystemdContainer
 
-from model_pull.devhub import DevHub
+from loopback_hub import TestHub as DevHub  # the package's DevHub, with fault injection
 from real_runtimes import sglang_path, vllm_venv
 
 sys.path.insert(0, str(PROJECT / "tests" / "nix"))
@@ -59,10 +59,12 @@ SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_inf
     / "site-packages"
 # Where the probe's code is bound inside the container: outside /tmp and /root, which the
 # units' own PrivateTmp and ProtectHome hide (a checkout or venv may live in either). The
-# test venv's site-packages bring tritonclient's ModelConfig for the Triton probe.
+# test venv's site-packages bring tritonclient's ModelConfig for the Triton probe, and with the
+# helper's code, model-pull for model-pull.service.
 PROBE_ROOT = "/opt/model-pull-test"
 PROBE_BINDS = [
     (str(SITE), f"{PROBE_ROOT}/site-packages", True),
+    (str(PROJECT / "helper"), f"{PROBE_ROOT}/helper", True),
     (str(PROJECT / "tests" / "systemd"), f"{PROBE_ROOT}/probe", True),
 ]
 # The CPU build of vLLM (made from Debian's /usr/bin/python3, so /root's pyenv is not needed)
@@ -287,6 +289,14 @@ def probe(runtime: str) -> str:
             f"{VLLM_VENV_DIR}/bin/python {PROBE_ROOT}/probe/runtime_probe.py {runtime} \"$@\"\n")
 
 
+def placeholder(runtime: str, where: str) -> str:
+    """A program that stays up and does nothing, for a test about something else than the
+    runtime (that a unit is started); says so on stderr. `where` names the test that runs the
+    real runtime, or its probe."""
+    return (f"#!/bin/sh\necho 'PLACEHOLDER for {runtime}, NOT {runtime}: this test only checks "
+            f"that the unit is started; {where} runs it' >&2\nexec /bin/sleep infinity\n")
+
+
 def cpu_dropin(host: str, unit: str) -> str:
     """A drop-in with what must differ for a PyTorch runtime unit on this CPU-only machine;
     the unit file itself stays as rendered. Each line says why."""
@@ -365,7 +375,8 @@ def serving_world(
             manifest["models"][model]["revision"] = revision
         ct.write_file(MANIFEST, json.dumps(manifest, indent=2) + "\n")
         ct.start_service("devhub.service",
-                         [sys.executable, "-m", "model_pull.devhub", "serve", str(hub.data_dir),
+                         [sys.executable, str(PROJECT / "tests/loopback_hub.py"), "serve",
+                          str(hub.data_dir),
                           "--port", str(HUB_PORT)],
                          env=ct.python_env())
         # any HTTP answer means it listens (wait_http retries while the port is closed)

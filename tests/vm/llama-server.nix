@@ -1,13 +1,17 @@
-# NixOS VM test (needs KVM; `nix flake check` or `nix build .#checks.x86_64-linux.vm-llama-server`):
-# the llama-server unit is skipped before the pull, model-pull fetches a tiny GGUF from a
-# Hub-compatible server inside the VM, restarts the unit, and the server answers /v1/models.
+# NixOS VM test (needs KVM; `nix flake check`, or
+# `nix build .#checks.x86_64-linux.vm-llama-server`): the user's whole loop on one machine.
+# After the switch (boot) the llama-server unit is skipped, not failed; `model-pull` fetches a
+# tiny GGUF from a Hub-compatible server inside the VM and starts the unit over D-Bus; the
+# unit answers a completion; `systemctl stop` keeps it stopped, also across another pull;
+# `model-pull status` reads it over D-Bus.
+#
+# runNixOSTest makes the node's nixpkgs read-only (node.pkgs): the node sets no nixpkgs.*
+# option, and gets the helper from services.inference.package's default.
 { self }:
-{ pkgs, lib, ... }:
+{ pkgs, ... }:
 let
-  python = pkgs.python3.withPackages (ps: [
-    ps.model-pull
-    ps.numpy
-  ]);
+  # model_pull for the test's own programs: the Hub-compatible server and the model generator.
+  python = pkgs.python3.withPackages (ps: [ (ps.callPackage ../../nix/model-pull.nix { }) ]);
 in
 {
   name = "inference-llama-server";
@@ -16,7 +20,6 @@ in
     { pkgs, ... }:
     {
       imports = [ self.nixosModules.default ];
-      nixpkgs.overlays = [ self.overlays.default ];
       virtualisation.memorySize = 2048;
       environment.systemPackages = [
         python
@@ -46,14 +49,16 @@ in
     };
 
   testScript = ''
+    import json
+
     unit = "llama-server-main.service"
     machine.wait_for_unit("multi-user.target")
 
-    with subtest("skipped, not failed, before the first pull"):
+    with subtest("after the switch the unit is skipped, not failed"):
         machine.succeed(f"test \"$(systemctl show -P ConditionResult {unit})\" = no")
         machine.succeed(f"test \"$(systemctl show -P ActiveState {unit})\" = inactive")
 
-    with subtest("systemctl cat shows the hardening"):
+    with subtest("systemctl cat shows the hardening and the gate"):
         text = machine.succeed(f"systemctl cat {unit}")
         for line in [
             "User=inference",
@@ -77,18 +82,40 @@ in
             "g = write_tiny_gguf(Path(\"/tmp/tiny.gguf\")); "
             "print(DevHub(Path(\"/srv/hub\")).add_repo(\"test/tiny-GGUF\", {\"tiny.gguf\": g}))'"
         )
-        machine.succeed("systemd-run --unit devhub python3 -m model_pull.devhub serve /srv/hub --port 8090")
+        machine.succeed(
+            "systemd-run --unit devhub python3 -m model_pull.devhub serve /srv/hub --port 8090"
+        )
         machine.wait_for_open_port(8090)
+        # Exit 0 includes the restart of the waiting unit over D-Bus (pydbus, Gio typelibs).
         machine.succeed("model-pull >&2")
 
-    with subtest("the unit is active and serves the model"):
+    with subtest("the unit is active and answers a completion"):
         machine.wait_for_unit(unit)
         machine.wait_for_open_port(8080)
-        machine.wait_until_succeeds("curl -sf http://127.0.0.1:8080/v1/models | grep -q tiny", timeout=60)
+        request = json.dumps(
+            {"prompt": "Hello", "max_tokens": 6, "ignore_eos": True, "temperature": 0}
+        )
+        answer = json.loads(
+            machine.wait_until_succeeds(
+                "curl -sf -H 'Content-Type: application/json' "
+                f"-d '{request}' http://127.0.0.1:8080/v1/completions",
+                timeout=120,
+            )
+        )
+        assert answer["usage"]["completion_tokens"] == 6, answer
+        assert answer["choices"][0]["text"], answer
 
-    with subtest("systemctl stop leaves it stopped"):
+    with subtest("systemctl stop leaves it stopped, also across a pull with nothing new"):
         machine.succeed(f"systemctl stop {unit}")
-        machine.sleep(15)
+        machine.succeed("model-pull >&2")
         machine.succeed(f"test \"$(systemctl show -P ActiveState {unit})\" = inactive")
+
+    with subtest("model-pull status reads the unit over D-Bus"):
+        status = json.loads(machine.succeed("model-pull status --json"))
+        assert status["busError"] is None, status
+        (model,) = status["models"]
+        assert model["name"] == "tiny" and model["present"], model
+        (state,) = model["units"]
+        assert (state["unit"], state["activeState"]) == (unit, "inactive"), state
   '';
 }
