@@ -121,6 +121,7 @@ let
         };
         coreutils = pkg "coreutils";
         jq = pkg "jq";
+        nix = pkg "nix";
         python3Packages = {
           # The Python package set's callPackage, without calling: a fake derivation named
           # after the package's file (nix/model-pull.nix -> model-pull).
@@ -243,6 +244,10 @@ let
           default = [ ];
         };
       };
+      # nixos/modules/system/boot/systemd.nix: PATH is the bin directories of `path` (NixOS
+      # adds coreutils, findutils, gnugrep, gnused and systemd: not modelled), set only here
+      # when `path` is not empty.
+      config.environment.PATH = lib.mkIf (config.path != [ ]) (lib.makeBinPath config.path);
       # systemd-lib.nix: the triggers, flattened and joined, in a file whose store path is the
       # value of X-Restart-Triggers (switch-to-configuration restarts the unit when it changes).
       config.unitConfig = lib.optionalAttrs (config.restartTriggers != [ ]) {
@@ -356,6 +361,32 @@ let
         system.stateVersion = mkOption {
           type = types.str;
           default = "25.11";
+        };
+        # nixos/modules/config/nix.nix: nix.conf as settings (freeform; lists concatenate).
+        nix.package = mkOption {
+          type = types.package;
+          default = pkgs.nix;
+        };
+        nix.settings = mkOption {
+          type = types.attrsOf (
+            types.either (types.listOf types.str) (
+              types.oneOf [
+                types.bool
+                types.int
+                types.str
+              ]
+            )
+          );
+          default = { };
+        };
+        # nixos/modules/services/networking/harmonia.nix (enable, settings: harmonia's TOML).
+        services.harmonia.enable = mkOption {
+          type = types.bool;
+          default = false;
+        };
+        services.harmonia.settings = mkOption {
+          type = types.attrsOf types.anything;
+          default = { };
         };
         # nixos/modules/virtualisation/qemu-vm.nix (the VM test's node sets it).
         virtualisation.memorySize = mkOption {
