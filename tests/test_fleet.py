@@ -217,10 +217,19 @@ def test_a_consumer_substitutes_the_pushed_entry_without_the_hub(
     model_pull, pulled: Pulled, tmp_path: Path
 ):
     push(model_pull, pulled, f"file://{tmp_path / 'cache'}")
-    with StaticCache(tmp_path / "cache") as cache:
-        p = consume(model_pull, declare(tmp_path, pulled, {"urls": [cache.url]}), hub=DEAD_HUB)
-        assert p.returncode == 0, p.stderr
-        assert f"/{pulled.entry.name[:32]}.narinfo" in cache.requests
+    cache = StaticCache(tmp_path / "cache")
+    try:
+        substituted_then_reused(model_pull, pulled, tmp_path, cache)
+    finally:
+        cache.close()
+
+
+def substituted_then_reused(
+    model_pull: ModelPull, pulled: Pulled, tmp_path: Path, cache: StaticCache
+) -> None:
+    p = consume(model_pull, declare(tmp_path, pulled, {"urls": [cache.url]}), hub=DEAD_HUB)
+    assert p.returncode == 0, p.stderr
+    assert f"/{pulled.entry.name[:32]}.narinfo" in cache.requests
     assert f"{NAME}: substituted {pulled.path} from {cache.url}" in p.stdout
     assert f"{NAME}: installed {pulled.entry.name}" in p.stdout
     consumer = tmp_path / "consumer"
@@ -245,6 +254,15 @@ def test_a_consumer_substitutes_the_pushed_entry_without_the_hub(
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == f"{NAME}: up to date"
     assert len(cache.requests) == cache_requests
+    # The gate gone (a pin switched away and back): the entry in store/ is linked again,
+    # without a cache or the Hub.
+    (consumer / "models" / NAME).unlink()
+    gate.unlink()
+    back = consume(model_pull, declare(tmp_path, pulled, {"urls": [cache.url]}), hub=DEAD_HUB)
+    assert back.returncode == 0, back.stderr
+    assert back.stdout.strip() == f"{NAME}: installed {pulled.entry.name}"
+    assert len(cache.requests) == cache_requests
+    assert gate.resolve() == consumer / "store" / pulled.entry.name
 
 
 def test_fetch_substitutes_into_a_chroot_nix_store_with_store_nix(
