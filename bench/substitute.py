@@ -5,7 +5,9 @@ compress ~250x and would flatter any compression).
 For each size (default 1 and 4 GiB), one model of random bytes on the loopback Hub
 (`python -m model_pull.devhub serve`, its own process), then:
 
-1. `model-pull push NAME --to file://CACHE` from the puller's state root (time, peak RSS);
+1. `model-pull push NAME --to file://CACHE` from the puller's state root (time, peak RSS), vs
+   `nix copy --to 'file://REF?compression=none'` of the same entry from a chroot Nix store
+   (the reference; it writes the whole NAR to $TMPDIR first);
 2. a static HTTP server over CACHE (`python -m http.server`, its own process);
 3. `curl -o FILE` of the entry's NAR from it: the reference (the same bytes over the same
    server, onto the same disk, no verification);
@@ -123,6 +125,27 @@ def manifest(path: Path, root: Path, nar: str, commit: str, caches: list[str]) -
     return path
 
 
+def nix_copy_reference(work: Path, puller: Path, env: dict[str, str]) -> tuple[float, int]:
+    """`nix copy --to file://` of the puller's entry, from a chroot store it is added to."""
+    (entry,) = (puller / "store").iterdir()
+    view = work / "view" / NAME
+    view.parent.mkdir()
+    shutil.copytree(entry, view, symlinks=True)
+    nenv = dict(env, NIX_CONFIG="experimental-features = nix-command", TMPDIR=str(work))
+    _, _, out = run(["nix-store", "--store", str(work / "chroot"), "--add", str(view)], nenv)
+    subprocess.run(["chmod", "-R", "u+w", str(view.parent)], check=True)
+    shutil.rmtree(view.parent)
+    path = out.strip()
+    to = f"file://{work / 'ref-cache'}?compression=none"
+    t, rss, _ = in_fresh_process(
+        ["nix", "copy", "--store", str(work / "chroot"), "--to", to, path], nenv
+    )
+    for d in ("chroot", "ref-cache"):
+        subprocess.run(["chmod", "-R", "u+w", str(work / d)], check=True)
+        shutil.rmtree(work / d)
+    return t, rss
+
+
 def one_size(work: Path, gib: float, runs: int, base_env: dict[str, str]) -> dict[str, Any]:
     size = int(gib * (1 << 30))
     files: dict[str, bytes | Path] = dict(tiny_llama_files())
@@ -195,6 +218,7 @@ def one_size(work: Path, gib: float, runs: int, base_env: dict[str, str]) -> dic
         )
         pushed = json.loads(out)
         (nar_file,) = (cache / "nar").iterdir()
+        nix_copy_t, nix_copy_rss = nix_copy_reference(work, puller, env)
         curl_t, subst_t, subst_rss, hub_t = [], [], [], []
         dead = dict(env, HF_ENDPOINT="http://127.0.0.1:9")
         for i in range(runs):
@@ -231,6 +255,9 @@ def one_size(work: Path, gib: float, runs: int, base_env: dict[str, str]) -> dic
             "narSize": pushed["narSize"],
             "push_s": push_t,
             "push_peak_rss": push_rss,
+            "nix_copy_to_file_s": nix_copy_t,
+            "nix_copy_to_file_peak_rss": nix_copy_rss,
+            "push_vs_nix_copy": push_t / nix_copy_t,
             "curl_s": curl_t,
             "substitute_s": subst_t,
             "substitute_peak_rss": max(subst_rss),

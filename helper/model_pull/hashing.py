@@ -179,7 +179,8 @@ class _Sink:
     """Feeds the NAR hash. File contents are read ahead on a second thread while the NAR hash
     takes the current chunk, and go to the extra (per-file) hashers on a third: each byte is read
     once, and the copy out of the page cache and both hashes run side by side. With `out`, every
-    NAR byte is also written there, right after it is hashed."""
+    NAR byte is also written there, in order: file contents on the third thread, with the extra
+    hashers (each file's last write is waited for before the next NAR bytes)."""
 
     def __init__(self, pool: ThreadPoolExecutor, out: NarOut | None = None) -> None:
         self.h = hashlib.sha256()
@@ -209,11 +210,9 @@ class _Sink:
                 if pending is not None:
                     pending.result()
                     pending = None
-                if extra:
-                    pending = self.pool.submit(_update_all, extra, chunk)
+                if extra or self.out is not None:
+                    pending = self.pool.submit(_update_all, extra, chunk, self.out)
                 self.h.update(chunk)
-                if self.out is not None:
-                    self.out(chunk)
                 got += n
             if pending is not None:
                 pending.result()
@@ -225,9 +224,11 @@ class _Sink:
             self.meta(b"\0" * pad)
 
 
-def _update_all(hashers: list[Hasher], chunk: memoryview) -> None:
+def _update_all(hashers: list[Hasher], chunk: memoryview, out: NarOut | None = None) -> None:
     for h in hashers:
         h.update(chunk)
+    if out is not None:
+        out(chunk)
 
 
 def _walk(sink: _Sink, path: Path, rel: str, on_file: OnFile | None) -> None:
