@@ -4,7 +4,7 @@ substitute the entry from it, verified by the real Nix, before they ask the Hub.
 Real parts: the loopback Hub (conftest), Debian's Nix 2.8 (`nix copy`, `nix-store`, `nix store
 sign`), a static HTTP server on loopback over the pushed `file://` directory (cache_server.py),
 and `model-pull` as a user runs it. The units starting on a substituted entry, in real systemd:
-tests/systemd/test_fleet.py.
+tests/systemd/test_fleet_node.py.
 """
 
 from __future__ import annotations
