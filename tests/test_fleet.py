@@ -410,6 +410,30 @@ def test_a_model_without_a_nar_hash_never_asks_a_cache(model_pull, pulled: Pulle
 # --- signatures: caches without the CA line ----------------------------------------------------
 
 
+def test_fetch_with_a_cache_but_no_pin_says_the_cache_is_not_asked(
+    model_pull, pulled: Pulled, tmp_path: Path
+):
+    push(model_pull, pulled, f"file://{tmp_path / 'cache'}")
+    with StaticCache(tmp_path / "cache") as cache:
+        p = model_pull.run(
+            "fetch",
+            pulled.repo,
+            "--layout",
+            "gguf",
+            "--include",
+            "tiny.gguf",
+            "--name",
+            NAME,
+            "--cache",
+            cache.url,
+            "--root",
+            str(tmp_path / "consumer"),
+        )
+        assert p.returncode == 0, p.stderr
+        assert cache.requests == []
+    assert "warning: --cache is not asked without --nar-hash" in p.stderr
+
+
 def test_a_path_without_ca_needs_a_trusted_signature(model_pull, pulled: Pulled, tmp_path: Path):
     """nix-serve drops the CA line: Nix then accepts the path only with a trusted signature.
     Signature checks are never disabled."""

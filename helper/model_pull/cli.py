@@ -339,6 +339,12 @@ def fetch(
     state = _state(root)
     remote = hub.Remote(token=hub.read_token(token_file))
     options = _options(**opts)
+    if cache_urls and options.expect_nar is None:
+        click.echo(
+            "warning: --cache is not asked without --nar-hash: nothing ties a repo and revision "
+            "to a cache path (model-pull prefetch prints the pin)",
+            err=True,
+        )
     rt = (
         Runtime(runtime)
         if runtime
