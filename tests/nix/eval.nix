@@ -37,6 +37,8 @@ let
       users = lib.mapAttrs (_: u: { inherit (u) isSystemUser group; }) config.users.users;
       tmpfiles = config.systemd.tmpfiles.rules;
       firewall = config.networking.firewall.allowedTCPPorts;
+      nixSettings = config.nix.settings;
+      harmonia = lib.optionalAttrs config.services.harmonia.enable { inherit (config.services.harmonia) settings; };
       # What the YAML given to `vllm serve --config` holds (pkgs.formats.yaml of this).
       vllmSettings = lib.mapAttrs (_: i: i.settings) config.services.inference.vllm.instances;
     };
@@ -111,6 +113,7 @@ let
       gnused
       systemd
       jq
+      nix
       ;
     cc = (stubs.pkgsFor { }).stdenv.cc;
     model-pull = standIns.services.inference.package;

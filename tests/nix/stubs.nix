@@ -126,6 +126,7 @@ let
         systemd = pkg "systemd";
         stdenv.cc = pkg "gcc-wrapper";
         jq = pkg "jq";
+        nix = pkg "nix";
         python3Packages = {
           # The Python package set's callPackage, without calling: a fake derivation named
           # after the package's file (nix/model-pull.nix -> model-pull).
@@ -371,6 +372,32 @@ let
         system.stateVersion = mkOption {
           type = types.str;
           default = "25.11";
+        };
+        # nixos/modules/config/nix.nix: nix.conf as settings (freeform; lists concatenate).
+        nix.package = mkOption {
+          type = types.package;
+          default = pkgs.nix;
+        };
+        nix.settings = mkOption {
+          type = types.attrsOf (
+            types.either (types.listOf types.str) (
+              types.oneOf [
+                types.bool
+                types.int
+                types.str
+              ]
+            )
+          );
+          default = { };
+        };
+        # nixos/modules/services/networking/harmonia.nix (enable, settings: harmonia's TOML).
+        services.harmonia.enable = mkOption {
+          type = types.bool;
+          default = false;
+        };
+        services.harmonia.settings = mkOption {
+          type = types.attrsOf types.anything;
+          default = { };
         };
         # nixos/modules/virtualisation/qemu-vm.nix (the VM test's node sets it).
         virtualisation.memorySize = mkOption {
