@@ -26,7 +26,6 @@ from serving_world import (
     MANIFEST,
     PROBE_ROOT,
     World,
-    llama_server_binary,
     package_dir,
     serving_world,
 )
@@ -35,6 +34,7 @@ from cache_server import StaticCache
 from model_pull.binary_cache import store_path
 from model_pull.datamodel import by_hash_name
 from model_pull.tinymodels import write_tiny_gguf
+from real_runtimes import llama_server_binary
 
 sys.path.insert(0, str(PROJECT / "tests" / "nix"))
 from render_units import load_golden, render, render_unit, store_paths
