@@ -78,6 +78,7 @@
         vllm = export "vllm" [ ./nixos/vllm.nix ];
         sglang = export "sglang" [ ./nixos/sglang.nix ];
         triton = export "triton" [ ./nixos/triton.nix ];
+        trtllm = export "trtllm" [ ./nixos/trtllm.nix ];
       };
 
       overlays.default = final: prev: {
@@ -129,8 +130,8 @@
 
       formatter = forAllSystems (system: nixpkgs.legacyPackages.${system}.nixfmt);
 
-      # hosts/h100-server.nix uses SGLang and Triton, which nixpkgs lacks: a machine sets
-      # services.inference.{sglang,triton}.package itself (see the file).
+      # hosts/h100-server.nix uses SGLang and Triton, hosts/rtx5090-nvfp4.nix TensorRT-LLM, which
+      # nixpkgs lacks: a machine sets services.inference.{sglang,triton,trtllm}.package itself.
       nixosConfigurations = lib.genAttrs hostNames mkHost;
 
       checks = forAllSystems (

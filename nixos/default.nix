@@ -6,5 +6,6 @@
     ./vllm.nix
     ./sglang.nix
     ./triton.nix
+    ./trtllm.nix
   ];
 }

@@ -66,6 +66,9 @@ rec {
     vllm = lib.importJSON ../helper/model_pull/vllm_args.json;
     sglang = lib.importJSON ./args/sglang.json;
     llama-server = lib.importJSON ./args/llama-server.json;
+    # Transcribed from TensorRT-LLM's own API-stability references, not generated: no
+    # registry here ships an importable TensorRT-LLM (see the file's "transcribed").
+    trtllm = lib.importJSON ./args/trtllm.json;
   };
 
   # The options of the runtime `package` will run: its own list when it carries one
@@ -311,8 +314,10 @@ rec {
     else
       [ ];
 
-  # Environment of the runtimes that load through huggingface_hub (vLLM, SGLang, Triton's
-  # vLLM backend): the cache is the entry, and nothing is ever downloaded at run time.
+  # Environment of the runtimes that load through huggingface_hub (vLLM, SGLang, Triton,
+  # TensorRT-LLM): the cache is the entry, and nothing is ever downloaded at run time. Every
+  # directory a runtime writes to is under the unit's CacheDirectory: with HOME unset, a
+  # runtime would write to the passwd home, /homeless-shelter in the Nix sandbox, or fail.
   offlineHubEnv = hubCacheDir: cacheDir: {
     HF_HUB_CACHE = hubCacheDir;
     HF_HUB_OFFLINE = "1";
@@ -322,6 +327,7 @@ rec {
     VLLM_NO_USAGE_STATS = "1";
     # Compiled kernels and torch.compile caches go to the unit's CacheDirectory.
     HOME = cacheDir;
+    HF_HOME = "${cacheDir}/huggingface";
     XDG_CACHE_HOME = cacheDir;
     VLLM_CACHE_ROOT = "${cacheDir}/vllm";
     TRITON_CACHE_DIR = "${cacheDir}/triton-kernels";

@@ -20,9 +20,10 @@ export LLAMA_SERVER VLLM_VENV SGLANG_PATH
 .venv/bin/ruff format --check helper tests bench scripts
 .venv/bin/mypy  # helper/model_pull, strict (pyproject.toml)
 # The tests and benchmarks are type-checked too; test functions may go unannotated. Two runs:
-# tests/ and tests/systemd/ each have a conftest.py, which one run cannot hold.
+# tests/ and tests/systemd/ each have a conftest.py, which one run cannot hold (tests/systemd
+# is on the first run's path for trtllm_serve_standin, which tests/test_trtllm.py imports).
 tests_mypy=(.venv/bin/mypy --allow-untyped-defs --allow-incomplete-defs --allow-untyped-calls
             --check-untyped-defs --no-warn-unused-ignores)
-MYPYPATH=helper:tests:tests/nix "${tests_mypy[@]}" tests --exclude '^tests/systemd/'
+MYPYPATH=helper:tests:tests/nix:tests/systemd "${tests_mypy[@]}" tests --exclude '^tests/systemd/'
 MYPYPATH=helper:tests:tests/systemd:tests/nix "${tests_mypy[@]}" tests/systemd bench
 exec .venv/bin/python -m pytest "$@"

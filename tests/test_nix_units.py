@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "nix"))
 import render_units
 
 GOLDEN = render_units.load_golden()
-RUNTIME_LIMITS = {"llama-server": 2.0, "vllm": 3.0, "sglang": 3.0, "triton": 3.0}
+RUNTIME_LIMITS = {"llama-server": 2.0, "vllm": 3.0, "sglang": 3.0, "triton": 3.0, "trtllm": 3.0}
 
 pytestmark = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed"

@@ -104,6 +104,7 @@ def test_hosts_evaluate_without_failed_assertions(golden: dict[str, Any]) -> Non
         "l4-box",
         "fleet-puller",
         "fleet-node",
+        "rtx5090-nvfp4",
     }
     for host, data in golden["hosts"].items():
         assert data["assertions"] == [], host

@@ -41,6 +41,8 @@ let
       harmonia = lib.optionalAttrs config.services.harmonia.enable { inherit (config.services.harmonia) settings; };
       # What the YAML given to `vllm serve --config` holds (pkgs.formats.yaml of this).
       vllmSettings = lib.mapAttrs (_: i: i.settings) config.services.inference.vllm.instances;
+      # What the YAML given to `trtllm-serve --extra_llm_api_options` holds.
+      trtllmLlmApiOptions = lib.mapAttrs (_: i: i.llmApiOptions) config.services.inference.trtllm.instances;
     };
 
   evalWithStubs =
@@ -119,6 +121,7 @@ let
     model-pull = standIns.services.inference.package;
     triton-inference-server = standIns.services.inference.triton.package;
     sglang-env = standIns.services.inference.sglang.package;
+    tensorrt-llm = standIns.services.inference.trtllm.package;
   };
 
   # What the golden file is computed from: every file under nixos/ and hosts/, and the .nix
