@@ -45,12 +45,49 @@ def test_torchao_fp8_needs_sm89_no_marlin_fallback():
     assert decide(Runtime.VLLM, Method.TORCHAO, Scheme.FP8, "x", Sm(8, 9)).support is N
 
 
-@pytest.mark.parametrize(("sm", "want"), [("8.6", X), ("8.9", N), ("9.0", N), ("10.0", N)])
-def test_w4a8_awq_needs_ada_on_trtllm(sm, want):
-    assert (
-        decide(Runtime.TRTLLM, Method.MODELOPT, Scheme.W4A8, "W4A8_AWQ", Sm.parse(sm)).support
-        is want
-    )
+# TensorRT-LLM's hardware support matrix (PyTorch backend) read row by row, with its numerical
+# precision page for INT8 SmoothQuant; the ModelOpt quant_algo names of the unified checkpoints.
+# Blank in the matrix: unknown; beyond what the hardware has: unsupported.
+TRTLLM_MATRIX: dict[tuple[Method, Scheme, str], list[Support]] = {
+    (Method.MODELOPT, Scheme.NVFP4, "NVFP4"): [X, X, X, X, X, N, N],
+    (Method.MODELOPT, Scheme.FP8, "FP8"): [X, X, X, N, N, N, N],
+    (Method.MODELOPT, Scheme.W4A8, "W4A8_AWQ"): [X, X, X, N, N, U, U],
+    (Method.MODELOPT, Scheme.INT4, "INT4_AWQ"): [U, N, N, N, N, U, U],
+    (Method.MODELOPT, Scheme.INT8, "INT8_SQ"): [X, N, N, N, N, N, N],
+    (Method.NONE, Scheme.F16, "float16"): [N, N, N, N, N, N, N],
+    (Method.NONE, Scheme.BF16, "bfloat16"): [E, N, N, N, N, N, N],
+}
+
+
+@pytest.mark.parametrize("key", list(TRTLLM_MATRIX), ids=[k[2] for k in TRTLLM_MATRIX])
+def test_trtllm_hardware_matrix(key):
+    method, scheme, algo = key
+    got = [decide(Runtime.TRTLLM, method, scheme, algo, Sm.parse(s)).support for s in SMS]
+    assert got == TRTLLM_MATRIX[key]
+
+
+def test_every_trtllm_quantization_row_cites_nvidias_documentation():
+    rows = [r for r in TABLE if r.runtimes == frozenset({Runtime.TRTLLM})]
+    assert len(rows) >= 15
+    for row in rows:
+        assert "https://nvidia.github.io/" in row.source, row
+
+
+def test_nvfp4_on_trtllm_is_blackwell_sm10_and_sm12_only():
+    def nvfp4(sm: str) -> Support:
+        return decide(Runtime.TRTLLM, Method.MODELOPT, Scheme.NVFP4, "NVFP4", Sm.parse(sm)).support
+
+    assert [nvfp4(sm) for sm in ("8.9", "9.0", "10.0", "10.3", "11.0", "12.0", "12.1")] == [
+        X,
+        X,
+        N,
+        N,
+        U,
+        N,
+        N,
+    ]
+    d = decide(Runtime.TRTLLM, Method.MODELOPT, Scheme.NVFP4, "NVFP4", Sm(9, 0))
+    assert "features/quantization.html#hardware-support-matrix" in d.source
 
 
 @pytest.mark.parametrize("algo", ["INT4_AWQ", "W4A8_AWQ", "NVFP4_AWQ", "INT8_SQ", "FP8_PB"])

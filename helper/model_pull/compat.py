@@ -102,6 +102,10 @@ TRTLLM_MATRIX = (
     "TensorRT-LLM, support matrix "
     "(https://nvidia.github.io/TensorRT-LLM/reference/support-matrix.html)"
 )
+TRTLLM_QUANT = (
+    "TensorRT-LLM, quantization: hardware support matrix "
+    "(https://nvidia.github.io/TensorRT-LLM/features/quantization.html#hardware-support-matrix)"
+)
 TRTLLM_PRECISION = (
     "TensorRT-LLM, numerical precision "
     "(https://nvidia.github.io/TensorRT-LLM/reference/precision.html)"
@@ -148,13 +152,39 @@ TABLE: tuple[Row, ...] = (
     Row(frozenset({Runtime.VLLM, Runtime.TRITON}), _m(Method.GGUF), None, None, Sm(7, 0), S90, N,
         "vLLM GGUF loader (experimental: one file, not every architecture)", VLLM_HW),
 
-    # --- TensorRT-LLM's own limits ------------------------------------------------------------
+    # --- TensorRT-LLM's own hardware support matrix (PyTorch backend), by architecture -------
+    # Blackwell sm100/103 and sm120: NVFP4, FP8; Hopper: FP8, W4A8 AWQ, W4A16 AWQ; Ada: FP8,
+    # W4A8 AWQ, W4A16 AWQ; Ampere: W4A16 AWQ (FP8 KV cache everywhere). What the matrix does
+    # not list for an architecture is unknown, not refused; what the hardware lacks is refused.
+    Row(TRT, None, _s(Scheme.NVFP4), None, None, BEFORE_100, X,
+        "TensorRT-LLM runs NVFP4 on Blackwell only (SM 10.x, 12.x): no FP4 tensor cores here",
+        TRTLLM_QUANT),
+    Row(TRT, None, _s(Scheme.NVFP4), None, S100, Sm(10, 9), N,
+        "NVFP4 on Blackwell (sm100/103) FP4 tensor cores", TRTLLM_QUANT),
+    Row(TRT, None, _s(Scheme.NVFP4), None, Sm(12, 0), Sm(12, 9), N,
+        "NVFP4 on Blackwell (sm120) FP4 tensor cores", TRTLLM_QUANT),
+    Row(TRT, None, _s(Scheme.NVFP4), None, Sm(11, 0), Sm(11, 9), U,
+        "TensorRT-LLM's hardware matrix does not list SM 11.x for NVFP4", TRTLLM_QUANT),
     Row(TRT, None, _s(Scheme.FP8), None, None, BEFORE_89, X,
-        "TensorRT-LLM FP8 needs Ada or Hopper+ (no W8A16 fallback)", TRTLLM_MATRIX),
+        "TensorRT-LLM FP8 needs Ada, Hopper or Blackwell (no W8A16 fallback)", TRTLLM_QUANT),
+    Row(TRT, None, _s(Scheme.FP8), None, S89, None, N,
+        "FP8 tensor cores (Ada, Hopper, Blackwell)", TRTLLM_QUANT),
+    Row(TRT, None, _s(Scheme.W4A8), None, None, BEFORE_89, X,
+        "W4A8 AWQ needs FP8 tensor cores: Ada or Hopper", TRTLLM_QUANT),
+    Row(TRT, None, _s(Scheme.W4A8), None, S89, S90, N,
+        "W4A8 AWQ (INT4 weights, FP8 activations) on Ada and Hopper", TRTLLM_QUANT),
+    Row(TRT, None, _s(Scheme.W4A8), None, S100, None, U,
+        "TensorRT-LLM's hardware matrix lists W4A8 AWQ for Ada and Hopper only", TRTLLM_QUANT),
     Row(TRT, None, _s(Scheme.INT8), None, None, BEFORE_80, X,
-        "TensorRT-LLM INT8 SmoothQuant needs Ampere+", MODELOPT_MATRIX),
-    Row(TRT, None, _s(Scheme.INT4), None, S80, None, N,
-        "TensorRT-LLM INT4 AWQ (W4A16) on Ampere and later", MODELOPT_MATRIX),
+        "TensorRT-LLM INT8 SmoothQuant needs Ampere or later", TRTLLM_PRECISION),
+    Row(TRT, None, _s(Scheme.INT8), None, S80, None, N,
+        "INT8 SmoothQuant (W8A8) on Ampere and later", TRTLLM_PRECISION),
+    Row(TRT, None, _s(Scheme.INT4), None, S80, S90, N,
+        "INT4 AWQ (W4A16) on Ampere, Ada and Hopper", TRTLLM_QUANT),
+    Row(TRT, None, _s(Scheme.INT4), None, S100, None, U,
+        "TensorRT-LLM's hardware matrix lists W4A16 AWQ up to Hopper only", TRTLLM_QUANT),
+    Row(TRT, None, _s(Scheme.INT4), None, None, BEFORE_80, U,
+        "TensorRT-LLM's hardware matrix lists W4A16 AWQ from Ampere on", TRTLLM_QUANT),
 
     # --- TorchAO FP8 has no Marlin fallback -------------------------------------------------
     Row(ALL, _m(Method.TORCHAO), _s(Scheme.FP8, Scheme.W8A16), None, None, BEFORE_89, X,
