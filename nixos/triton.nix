@@ -1,5 +1,6 @@
-# services.inference.triton: one Triton Inference Server (vLLM backend) for several declared
-# models; it assembles its model repository from the entries at every start.
+# services.inference.triton: one Triton Inference Server for several declared models, each
+# through the vLLM backend or TensorRT-LLM's (its LLM API model); it assembles its model
+# repository from the entries at every start.
 {
   config,
   lib,
@@ -24,28 +25,62 @@ let
     text = builtins.readFile ./triton-assemble.sh;
   };
 
+  # The layouts each backend reads: the vLLM backend the entry's Triton directory, TensorRT-LLM's
+  # the checkpoint (the HF snapshot).
+  layoutsOf = {
+    vllm = [
+      "dual"
+      "single"
+    ];
+    tensorrtllm = [
+      "dual"
+      "hf"
+    ];
+  };
+  backendOf = name: cfg.models.${name}.backend;
+
   # Models it can load; the others are reported by the assertions.
   served = lib.filterAttrs (
-    name: _: models ? ${name} && lib.elem models.${name}.layout [ "dual" "single" ]
+    name: m: models ? ${name} && lib.elem models.${name}.layout layoutsOf.${m.backend}
   ) cfg.models;
+  servedWith = backend: lib.filterAttrs (_: m: m.backend == backend) served;
 
-  assembleArgs = lib.concatLists (
-    lib.mapAttrsToList (name: m: [
-      models.${name}.tritonName
-      (ilib.entryPath top.root name models.${name})
-      (builtins.toJSON m.overrides)
-    ]) served
-  );
+  argsOfModels = lib.mapAttrsToList (name: m: [
+    models.${name}.tritonName
+    (ilib.entryPath top.root name models.${name})
+    (builtins.toJSON m.overrides)
+  ]);
+  llmapiModels = servedWith "tensorrtllm";
+  assembleArgs =
+    lib.concatLists (argsOfModels (servedWith "vllm"))
+    ++ lib.optionals (llmapiModels != { } && cfg.llmapiModel != null) (
+      [
+        "--llmapi"
+        cfg.llmapiModel
+      ]
+      ++ lib.concatLists (argsOfModels llmapiModels)
+    );
+
+  # Where a model's unit waits: the entry's Triton directory, or its snapshot's refs/main.
+  gate =
+    name:
+    if backendOf name == "vllm" then
+      ilib.tritonConfig top.root name models.${name}
+    else
+      ilib.hubRefsMain top.root name models.${name};
+
+  trtllmArgs = ilib.argsOf "trtllm" cfg.package;
 in
 {
   options.services.inference.triton = {
-    enable = lib.mkEnableOption "Triton Inference Server (vLLM backend) for declared models";
+    enable = lib.mkEnableOption "Triton Inference Server (vLLM or TensorRT-LLM backend) for declared models";
     package = mkOption {
       type = types.nullOr types.package;
       default = null;
       example = lib.literalExpression "inputs.my-triton.packages.x86_64-linux.tritonserver";
       description = ''
-        Triton Inference Server with the vLLM backend (`bin/tritonserver`). nixpkgs has none:
+        Triton Inference Server with the vLLM backend (`bin/tritonserver`), and the Python
+        backend with TensorRT-LLM for `tensorrtllm` models. nixpkgs has none:
         bring your own derivation (an overlay, another flake). For `model-pull check`, give it
         `passthru.cudaCapabilities`; without it the manifest lists none.
       '';
@@ -53,6 +88,21 @@ in
     models = mkOption {
       type = types.attrsOf (
         types.submodule {
+          options.backend = mkOption {
+            type = types.enum [
+              "vllm"
+              "tensorrtllm"
+            ];
+            default = "vllm";
+            description = ''
+              The Triton backend that runs the model. `vllm`: the vLLM backend, on a `dual` or
+              `single` entry (`1/model.json`). `tensorrtllm`: TensorRT-LLM's LLM API model
+              (`llmapiModel`), on a `dual` or `hf` entry: `1/model.yaml` names the entry's
+              snapshot as the model and `backend: pytorch`, which loads a Hugging Face or
+              ModelOpt unified checkpoint directly
+              (https://github.com/NVIDIA/TensorRT-LLM/tree/main/triton_backend).
+            '';
+          };
           options.overrides = mkOption {
             type = types.attrsOf types.anything;
             default = { };
@@ -60,11 +110,13 @@ in
               max_model_len = 8192;
             };
             description = ''
-              vLLM engine arguments that override the entry's model-defaults.json. With the
-              entry's `engineDefaults` they become `1/model.json`, which the vLLM backend passes
-              to `AsyncEngineArgs(**json)`: every key must be an engine argument of that vLLM
-              (the list the package carries as `passthru.runtimeArgs`, else the one model-pull
-              ships).
+              With the vLLM backend: vLLM engine arguments that override the entry's
+              model-defaults.json. With the entry's `engineDefaults` they become `1/model.json`,
+              which the vLLM backend passes to `AsyncEngineArgs(**json)`: every key must be an
+              engine argument of that vLLM (the list the package carries as
+              `passthru.runtimeArgs`, else the one model-pull ships). With `tensorrtllm`: LLM
+              API arguments (`kv_cache_config`, `max_seq_len`, ...) and `triton_config`
+              (`decoupled`, `max_batch_size`), merged into `1/model.yaml`.
             '';
           };
         }
@@ -73,7 +125,17 @@ in
       example = {
         qwen3-8b = { };
       };
-      description = "Declared models (layout `dual` or `single`) that this server loads.";
+      description = "Declared models that this server loads.";
+    };
+    llmapiModel = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = lib.literalExpression ''"''${inputs.tensorrt-llm}/triton_backend/all_models/llmapi/tensorrt_llm"'';
+      description = ''
+        TensorRT-LLM's LLM API model for Triton (`config.pbtxt`, `1/model.py`, `1/helpers.py`):
+        `triton_backend/all_models/llmapi/tensorrt_llm` of the TensorRT-LLM the Triton package
+        runs. Each `tensorrtllm` model is a copy of it with its own `1/model.yaml`.
+      '';
     };
     host = mkOption {
       type = types.str;
@@ -120,14 +182,26 @@ in
           message = "services.inference.triton.package is not set: nixpkgs has no Triton Inference Server; set it to your build (with the vLLM backend).";
         }
       ]
+      ++ lib.optional (llmapiModels != { }) {
+        assertion = cfg.llmapiModel != null;
+        message = "services.inference.triton.llmapiModel is not set: the models ${lib.concatStringsSep ", " (lib.attrNames llmapiModels)} use the tensorrtllm backend, which needs TensorRT-LLM's LLM API model (triton_backend/all_models/llmapi/tensorrt_llm).";
+      }
+      ++ lib.concatLists (
+        lib.mapAttrsToList (name: m: [
+          {
+            assertion = !(m.overrides ? model);
+            message = "services.inference.triton.models.${name}.overrides.model: the Triton unit sets `model` (the entry's weights) itself.";
+          }
+        ]) llmapiModels
+      )
       ++ lib.concatLists (
         lib.mapAttrsToList (
           name: m:
-          ilib.engineArgsAssertions {
+          lib.optionals (m.backend == "vllm") (ilib.engineArgsAssertions {
             option = "services.inference.triton.models.${name}.overrides";
             args = ilib.argsOf "vllm" cfg.package;
-          } m.overrides
-          ++ lib.optionals (models ? ${name}) (
+          } m.overrides)
+          ++ lib.optionals (m.backend == "vllm" && models ? ${name}) (
             ilib.engineArgsAssertions {
               option = "services.inference.models.${name}.engineDefaults";
               args = ilib.argsOf "vllm" cfg.package;
@@ -137,28 +211,39 @@ in
       )
       ++ lib.concatLists (
         lib.mapAttrsToList (
-          name: _:
+          name: m:
           ilib.hfModelAssertions {
             option = "services.inference.triton.models.${name}";
             inherit models;
             model = name;
-            runtime = "Triton";
-            layouts = [
-              "dual"
-              "single"
-            ];
+            runtime = if m.backend == "vllm" then "Triton" else "Triton's TensorRT-LLM backend";
+            layouts = layoutsOf.${m.backend};
           }
         ) cfg.models
       );
+
+    warnings = lib.concatLists (
+      lib.mapAttrsToList (
+        name: m:
+        map
+          (
+            k:
+            "services.inference.triton.models.${name}.overrides.${k}: not an LLM API argument of TensorRT-LLM ${trtllmArgs.version} (as far as the list model-pull ships knows); TensorRT-LLM refuses a key it does not know."
+          )
+          (
+            lib.filter (k: !(lib.elem k (trtllmArgs.llmApiArgs ++ [ "triton_config" "model" ]))) (
+              lib.attrNames m.overrides
+            )
+          )
+      ) llmapiModels
+    );
 
     systemd.services.triton = {
       description = "Triton Inference Server (${lib.concatStringsSep ", " (lib.attrNames served)})";
       wantedBy = [ "multi-user.target" ];
       after = [ "network.target" ];
       unitConfig = ilib.startLimit // {
-        ConditionPathExists = lib.mapAttrsToList (
-          name: _: ilib.tritonConfig top.root name models.${name}
-        ) served;
+        ConditionPathExists = map gate (lib.attrNames served);
       };
       environment = ilib.offlineHubEnv "${runDir}/hub" cacheDir // ilib.gpuEnv cfg.gpus;
       # the C compiler of the kernels compiled at run time (see lib.nix, hfService)
