@@ -275,7 +275,14 @@ in
     };
 
     services.inference.runtimeUnits."triton.service" = {
-      runtime = "triton";
+      # What `model-pull check` compares the models with: TensorRT-LLM's kernels when every
+      # model goes through its backend, else the vLLM backend's (the manifest has one runtime
+      # per unit).
+      runtime =
+        if cfg.models != { } && lib.all (m: m.backend == "tensorrtllm") (lib.attrValues cfg.models) then
+          "trtllm"
+        else
+          "triton";
       option = "services.inference.triton";
       models = lib.attrNames cfg.models;
       cudaCapabilities = ilib.cudaCapabilitiesOf cfg.package;

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from test_nixos_eval import COMMIT, checks, evaluate
+from test_nixos_eval import COMMIT, checks, evaluate, evaluator, nix_eval
 from test_nixos_eval import pytestmark as needs_nix
 from test_trtllm import ARGS, exec_argv
 
@@ -178,6 +178,8 @@ def test_a_tensorrtllm_model_is_gated_on_its_snapshot_and_assembled_as_llmapi(
     unit = result["units"]["triton.service"]
     repo = "/var/lib/inference/models/nv/share/models/hub/models--nvidia--Qwen3-32B-NVFP4"
     assert unit["unitConfig"]["ConditionPathExists"] == [f"{repo}/refs/main"]
+    # the pull's GPU check applies TensorRT-LLM's hardware matrix to its models
+    assert result["manifest"]["units"]["triton.service"]["runtime"] == "trtllm"
     pre = exec_argv(unit["serviceConfig"]["ExecStartPre"])
     assert pre[1:] == [
         "/run/triton",
@@ -229,3 +231,20 @@ def test_an_override_that_is_no_llm_api_argument_warns(tmp_path: Path) -> None:
     assert result["warnings"] == [
         f"services.inference.triton.models.nv.overrides.max_model_len: not an LLM API argument of TensorRT-LLM {ARGS['version']} (as far as the list model-pull ships knows); TensorRT-LLM refuses a key it does not know."
     ]
+
+
+@needs_nix[0]
+@needs_nix[1]
+@needs_nix[2]
+def test_the_trtllm_export_combines_with_the_others(tmp_path: Path) -> None:
+    module = (
+        f"{{ pkgs, ... }}: {{ {HF} services.inference.trtllm = {{ "
+        'package = pkgs.writeShellScriptBin "trtllm-serve" "exit 1"; instances.a.model = "nv"; }; '
+        'services.inference.vllm.instances.b = { model = "nv"; port = 8001; }; }'
+    )
+    result = nix_eval(
+        f'{evaluator()}.evalFlakeModules [ "trtllm" "vllm" "triton" ] ({module})', tmp_path
+    )
+    assert result["assertions"] == []
+    assert {"trtllm-a.service", "vllm-b.service"} <= set(result["units"])
+    assert result["manifest"]["models"]["nv"]["units"] == ["trtllm-a.service", "vllm-b.service"]
