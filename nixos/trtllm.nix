@@ -150,8 +150,9 @@ let
           host = "services.inference.trtllm.instances.${name}.host";
           port = "services.inference.trtllm.instances.${name}.port";
           served_model_name = "services.inference.trtllm.instances.${name}.servedModelName";
-          config = "services.inference.trtllm.instances.${name}.settings (the other keys)";
-          extra_llm_api_options = "services.inference.trtllm.instances.${name}.settings (the other keys)";
+          # the YAML file the module writes from the other keys of settings
+          config = "the LLM API arguments themselves in ${option}";
+          extra_llm_api_options = "the LLM API arguments themselves in ${option}";
         };
       } (flagSettings inst);
       unknown = lib.filter (k: !(lib.elem k (args.llmApiArgs or [ ]))) (lib.attrNames inst.llmApiOptions);

@@ -213,6 +213,10 @@ BROKEN = {
         module('settings.served_model_name = "x";'),
         "services.inference.trtllm.instances.t.settings.served_model_name: set services.inference.trtllm.instances.t.servedModelName instead",
     ),
+    "options-file-in-settings": (
+        module('settings.config = "/etc/my.yaml";'),
+        "services.inference.trtllm.instances.t.settings.config: set the LLM API arguments themselves in services.inference.trtllm.instances.t.settings instead; the module passes --config itself.",
+    ),
     "model-in-settings": (
         module('settings.model = "/elsewhere";'),
         "services.inference.trtllm.instances.t.settings.model: the module passes the entry's snapshot",
