@@ -66,8 +66,17 @@ def assemble(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def read_like_the_backend(model_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """What the LLM API model.py does with 1/model.yaml: `triton_config` (its decoupled and
-    max_batch_size are read unconditionally), and every other key for the LLM."""
+    """What Triton and the LLM API model.py make of the model directory: config.pbtxt through
+    Triton's own ModelConfig protobuf (its name must be the directory's), then 1/model.yaml:
+    `triton_config` (its decoupled and max_batch_size are read unconditionally), and every
+    other key for the LLM."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    pbtxt = text_format.Parse(
+        (model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    assert (pbtxt.name, pbtxt.backend) == (model_dir.name, "python")
     config = yaml.safe_load((model_dir / "1" / "model.yaml").read_text())
     triton = config["triton_config"]
     assert isinstance(triton["decoupled"], bool) and isinstance(triton["max_batch_size"], int)
