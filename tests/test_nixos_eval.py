@@ -105,6 +105,7 @@ def test_hosts_evaluate_without_failed_assertions(golden: dict[str, Any]) -> Non
         "fleet-puller",
         "fleet-node",
         "rtx5090-nvfp4",
+        "b200-triton",
     }
     for host, data in golden["hosts"].items():
         assert data["assertions"] == [], host

@@ -1,6 +1,7 @@
 # STAND-INS for the runtime packages nixpkgs does not have (SGLang, Triton Inference Server,
-# TensorRT-LLM), so that a host that uses them (hosts/h100-server.nix,
-# hosts/rtx5090-nvfp4.nix) evaluates in the flake's host checks and in tests/nix/eval.nix. A machine sets its own packages; these lose to any definition.
+# TensorRT-LLM), so that a host that uses them (hosts/h100-server.nix, hosts/rtx5090-nvfp4.nix,
+# hosts/b200-triton.nix) evaluates in the flake's host checks and in tests/nix/eval.nix. A
+# machine sets its own packages; these lose to any definition.
 # Each is a program that says what it is and fails: a system built with one does not serve.
 { lib, pkgs, ... }:
 let

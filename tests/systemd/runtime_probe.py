@@ -35,7 +35,9 @@ what it found:
   src/utils/vllm_backend_utils.py): config.pbtxt (tritonclient's ModelConfig: name, backend
   "vllm", the decoupled policy the backend asserts), `AsyncEngineArgs(**json.load(model.json))`,
   `create_engine_config`, `AsyncLLM.from_vllm_config`, with the real vLLM (CPU build), and
-  generates tokens from each. The engines stay up while it listens, as Triton's would.
+  generates tokens from each. The engines stay up while it listens, as Triton's would. A model
+  of TensorRT-LLM's LLM API (config.pbtxt with the Python backend and 1/model.yaml) is read as
+  its model.py reads it, up to the LLM, which needs a GPU (load_llmapi_model).
 - trtllm: TensorRT-LLM cannot be imported here (PyPI has only a stub that downloads from
   pypi.nvidia.com; trtllm_serve_standin.py says more). The probe parses the unit's command line
   with that named stand-in of trtllm-serve's click parser (its options as TensorRT-LLM's own
@@ -173,6 +175,9 @@ async def load_model(directory: Path, pb2: Any) -> dict[str, Any]:
     from vllm.v1.engine.async_llm import AsyncLLM
 
     config = text_format.Parse((directory / "config.pbtxt").read_text(), pb2.ModelConfig())
+    if config.name == directory.name and config.backend == "python" and \
+            (directory / "1" / "model.yaml").is_file():
+        return load_llmapi_model(directory)
     if config.name != directory.name or config.backend != "vllm":
         fail(f"{directory}/config.pbtxt: name {config.name!r}, backend {config.backend!r}")
     if not config.model_transaction_policy.decoupled:
@@ -203,6 +208,37 @@ async def load_model(directory: Path, pb2: Any) -> dict[str, Any]:
         fail(f"{directory.name}: generated {tokens}, not 4 tokens")
     return {"name": directory.name, "weights": engine_config.get("model"),
             "model_json": engine_config, "generated_token_ids": tokens, "engine": engine}
+
+
+def load_llmapi_model(directory: Path) -> dict[str, Any]:
+    """What TensorRT-LLM's LLM API model for Triton (triton_backend/all_models/llmapi/
+    tensorrt_llm/1/model.py) does with `directory` up to creating the LLM, which needs a GPU:
+    `yaml.safe_load(1/model.yaml)`, `triton_config`'s decoupled and max_batch_size (read
+    unconditionally), every other key for `LLM(**args)` (checked against the LLM API
+    arguments of trtllm_serve_standin's list: TensorRT-LLM cannot be imported here), backend
+    "pytorch", and the checkpoint its `model` names, read as the PyTorch backend reads it."""
+    import yaml
+    from trtllm_serve_standin import load_args
+
+    if not (directory / "1" / "model.py").is_file():
+        fail(f"{directory}: no 1/model.py (TensorRT-LLM's LLM API model)")
+    model_yaml = directory / "1" / "model.yaml"
+    config = yaml.safe_load(model_yaml.read_text())
+    if not isinstance(config, dict):
+        fail(f"{model_yaml}: not a mapping")
+    triton_config = config.get("triton_config")
+    needed = {"decoupled", "max_batch_size"}
+    if not isinstance(triton_config, dict) or not needed <= set(triton_config):
+        fail(f"{model_yaml}: triton_config needs decoupled and max_batch_size")
+    llm = {k: v for k, v in config.items() if k != "triton_config"}
+    unknown = sorted(set(llm) - set(load_args()["llmApiArgs"]))
+    if unknown:
+        fail(f"{model_yaml}: not LLM API arguments: {', '.join(unknown)}")
+    if llm.get("backend") != "pytorch":
+        fail(f"{model_yaml}: backend {llm.get('backend')!r}: only the PyTorch backend loads a "
+             "checkpoint (the TensorRT engine backend needs an engine)")
+    return {"name": directory.name, "backend": "tensorrtllm", "model_yaml": config,
+            "checkpoint": read_checkpoint(str(llm.get("model")))}
 
 
 async def triton(argv: list[str]) -> None:
@@ -359,7 +395,8 @@ def main(argv: list[str]) -> None:
         trtllm(args)
     elif mode == "triton":
         print(BANNER.format("TRITON INFERENCE SERVER", "no registry ships it; this loads each "
-                            "model as Triton's vLLM backend does, with the real vLLM"),
+                            "model as Triton's vLLM backend does, with the real vLLM, or as "
+                            "TensorRT-LLM's LLM API model reads it"),
               file=sys.stderr, flush=True)
         asyncio.run(triton(args))
     else:
