@@ -7,7 +7,7 @@
 #
 # `model-pull check nvidia/Qwen3-32B-NVFP4 --runtime trtllm --gpu B200 --context 40960
 # --parallel 16` plans ~19.3 GiB of weights and 80 GiB of FP8 KV cache for sixteen full-length
-# sequences, 100.75 GiB of the 161 GiB planned: it fits, with room to spare.
+# sequences, 100.75 GiB of the 163 GiB TensorRT-LLM can use: it fits, with room to spare.
 #
 # nixpkgs has neither Triton Inference Server nor TensorRT-LLM: this machine's configuration
 # provides Triton with TensorRT-LLM in its Python backend (NVIDIA's tritonserver *-trtllm-python

@@ -8,11 +8,12 @@
 # reads the repository's metadata (never its weights) and answers: NVFP4 runs natively on
 # Blackwell (SM 10.x/12.x only: an L4 or an H100 is refused before any download); about
 # 19.3 GiB of weights (4-bit linear layers with an FP8 scale per 16 values, embeddings and
-# lm_head in BF16), plus a KV cache of 128 KiB per token in FP8 (64 layers x 8 KV heads x 128
-# x 2), plus ~1.5 GiB of runtime overhead: the model's whole context, 40960 tokens, needs
-# 25.75 GiB of the 28.66 GiB planned (90 % of the card), for one sequence at a time; two
-# full-length sequences do not fit. The figures are the check's estimate; the NVFP4 repo's
-# exact sizes come from the Hub when it runs.
+# lm_head in BF16), ~1.5 GiB of runtime overhead, and a KV cache of 128 KiB per token in FP8
+# (64 layers x 8 KV heads x 128 x 2), which gets 90 % of the ~11 GiB the weights leave
+# (free_gpu_memory_fraction): the model's whole context, 40960 tokens, needs 25.75 GiB of the
+# 30.73 GiB TensorRT-LLM can use, and two sequences fit at up to 40908 tokens each, so the
+# in-flight batches share ~80000 tokens of KV cache. The figures are the check's estimate; the
+# repository's exact sizes come from the Hub when it runs.
 #
 # nixpkgs has no TensorRT-LLM: this machine's configuration provides it (an overlay or another
 # flake, e.g. a package of NVIDIA's wheel):
@@ -47,7 +48,8 @@
       port = 8000;
       servedModelName = "qwen3-32b";
       settings = {
-        # trtllm-serve's own flags: the whole context, as `check` planned it.
+        # trtllm-serve's own flags: the whole context, as `check` planned it; more requests
+        # than two long ones share the KV cache when they are shorter.
         max_seq_len = 40960;
         max_batch_size = 8;
         # LLM API arguments, in the YAML file of --extra_llm_api_options: the FP8 KV cache

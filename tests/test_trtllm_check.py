@@ -132,3 +132,20 @@ def test_an_fp8_kv_cache_halves_the_kv_estimate(tmp_path: Any) -> None:
     assert with_fp8["memory"]["kvBytesPerToken"] * 2 == without["memory"]["kvBytesPerToken"]
     # the largest context that fits doubles too (up to the model's own maximum)
     assert with_fp8["memory"]["maxContext"] >= without["memory"]["maxContext"]
+
+
+def test_tensorrt_llms_memory_fraction_is_of_what_the_weights_leave(tmp_path: Any) -> None:
+    """free_gpu_memory_fraction (0.9) is a share of the memory still free after the weights and
+    the activations: the weights count whole, not against 90 % of the card as for vLLM."""
+    m = hf_model(
+        tmp_path / "m",
+        hf_quant_config={"quantization": {"quant_algo": "FP8"}},
+        weight_bytes=20 * GIB,
+    )
+    code, out = as_json(str(m), "--runtime", "trtllm", "--gpu", "12.0:32GiB", "--context", "4096")
+    assert code == 0, out
+    mem, total = out["memory"], out["gpus"][0]["gpu"]["totalBytes"]
+    left = total - mem["weights"] - mem["overhead"]
+    assert mem["available"] == mem["weights"] + mem["overhead"] + int(left * 0.9)
+    _, vllm = as_json(str(m), "--runtime", "vllm", "--gpu", "12.0:32GiB", "--context", "4096")
+    assert vllm["memory"]["available"] == int(total * 0.9) < mem["available"]

@@ -315,7 +315,7 @@ def _verdict(
     kv_name: str,
     model_max: int | None,
 ) -> GpuVerdict:
-    avail = fit.available_bytes(rt, g.total_bytes, g.free_bytes)
+    avail = fit.available_bytes(rt, g.total_bytes, g.free_bytes, meta.weight_bytes)
     f = fit.estimate(
         meta.architecture,
         meta.weight_bytes,

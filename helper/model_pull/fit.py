@@ -190,7 +190,8 @@ RUNTIME_MEMORY: dict[Runtime, RuntimeMemory] = {
     ),
     Runtime.TRTLLM: RuntimeMemory(
         0.9,
-        "TensorRT-LLM KvCacheConfig free_gpu_memory_fraction default 0.9",
+        "TensorRT-LLM KvCacheConfig free_gpu_memory_fraction default 0.9, "
+        "of the memory left after the weights",
         int(1.5 * GIB),
         "CUDA context + engine activations (estimate)",
         "auto",
@@ -245,9 +246,18 @@ class Fit:
         }
 
 
-def available_bytes(runtime: Runtime, total: int, free: int | None) -> int:
-    """Memory the runtime may use: its fraction of the total, never more than what is free now."""
-    share = int(total * RUNTIME_MEMORY[runtime].fraction)
+def available_bytes(runtime: Runtime, total: int, free: int | None, weights: int = 0) -> int:
+    """Memory the runtime may use: its fraction of the total, never more than what is free now.
+
+    TensorRT-LLM's fraction (KvCacheConfig.free_gpu_memory_fraction) is a share of the memory
+    still free once the weights and its activations are in: the KV cache gets that share of
+    what is left, and the weights and overhead are taken whole."""
+    rm = RUNTIME_MEMORY[runtime]
+    if runtime is Runtime.TRTLLM:
+        base = min(total, free) if free is not None else total
+        left = max(base - weights - rm.overhead, 0)
+        return weights + rm.overhead + int(left * rm.fraction)
+    share = int(total * rm.fraction)
     return min(share, free) if free is not None else share
 
 
