@@ -48,7 +48,8 @@ let
           description = ''
             The model name the API answers to (`--served_model_name`). `null`: the repository
             (`org/name`), as `vllm serve` does; trtllm-serve itself would name the model after
-            the snapshot directory, a commit hash.
+            the snapshot directory, a commit hash, as releases without the option (by the
+            package's `passthru.runtimeArgs`) do.
           '';
         };
         gpus = ilib.gpusOption "TensorRT-LLM";
@@ -127,6 +128,9 @@ let
         inst.host
         "--port"
         inst.port
+      ]
+      # trtllm-serve releases without the option name the model after the snapshot directory
+      ++ lib.optionals ((argsFor inst).options ? served_model_name) [
         "--served_model_name"
         (if inst.servedModelName != null then inst.servedModelName else m.repo)
       ]

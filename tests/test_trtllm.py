@@ -307,3 +307,24 @@ def test_the_option_list_says_where_it_comes_from() -> None:
     assert set(ARGS["options"]) == flags
     assert {"host", "port", "served_model_name", "extra_llm_api_options", "config"} <= flags
     assert {"kv_cache_config", "cuda_graph_config", "speculative_config"} <= set(ARGS["llmApiArgs"])
+
+
+@needs_nix[0]
+@needs_nix[1]
+@needs_nix[2]
+def test_a_release_without_served_model_name_gets_no_such_flag(tmp_path: Path) -> None:
+    """A package's own option list (passthru.runtimeArgs) decides what is rendered: a
+    trtllm-serve without --served_model_name would refuse it and never start."""
+    older = {
+        **ARGS,
+        "version": "1.0",
+        "options": {k: v for k, v in ARGS["options"].items() if k != "served_model_name"},
+    }
+    package = (
+        'services.inference.trtllm.package = (pkgs.writeShellScriptBin "trtllm-serve" "exit 1")'
+        f" // {{ runtimeArgs = builtins.fromJSON {json.dumps(json.dumps(older))}; }};"
+    )
+    expr = module('servedModelName = "m";').replace(PACKAGE, package)
+    result = evaluate(expr, tmp_path)
+    argv = exec_argv(result["units"]["trtllm-t.service"]["serviceConfig"]["ExecStart"])
+    assert "--served_model_name" not in argv and "--host" in argv
