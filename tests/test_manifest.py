@@ -11,7 +11,7 @@ import pytest
 from model_pull.compat import Runtime
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.layouts import Layout
-from model_pull.manifest import Manifest
+from model_pull.manifest import Manifest, OnDemand
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 DOCUMENTED = {
@@ -67,6 +67,23 @@ def test_optional_keys_default_and_env_names_the_file(tmp_path: Path,
     assert m.models["x"].units == () and m.units == {}
 
 
+def test_a_unit_on_demand_carries_its_idle_timeout_and_sockets(tmp_path: Path):
+    data = copy.deepcopy(DOCUMENTED)
+    unit = data["units"]["llama-server-main.service"]
+    unit["onDemand"] = {"idleTimeout": 900, "sockets": ["llama-server-main.socket"]}
+    on_demand = Manifest.load(write(tmp_path, data)).units["llama-server-main.service"].on_demand
+    assert on_demand == OnDemand(idle_timeout=900, sockets=("llama-server-main.socket",))
+    # absent or null: always on (a manifest written before on-demand serving reads the same)
+    unit["onDemand"] = None
+    assert Manifest.load(write(tmp_path, data)).units["llama-server-main.service"] \
+        .on_demand is None
+    assert Manifest.load(write(tmp_path, DOCUMENTED)).units["llama-server-main.service"] \
+        .on_demand is None
+
+
+ON_DEMAND = ("units", "llama-server-main.service", "onDemand")
+
+
 def mutate(path: str | tuple[str, ...], value: object) -> dict:
     data = copy.deepcopy(DOCUMENTED)
     *parents, last = path.split(".") if isinstance(path, str) else path
@@ -92,6 +109,14 @@ def mutate(path: str | tuple[str, ...], value: object) -> dict:
     (mutate(("units", "llama-server-main.service"), {"runtime": "tgi", "models": []}),
      "runtime is 'tgi'"),
     ([1, 2], "the top level must be an object"),
+    (mutate(ON_DEMAND, {"sockets": ["x.socket"]}), "onDemand.idleTimeout is missing"),
+    (mutate(ON_DEMAND, {"idleTimeout": 0, "sockets": ["x.socket"]}),
+     "onDemand.idleTimeout must be a positive number of seconds"),
+    (mutate(ON_DEMAND, {"idleTimeout": 60, "sockets": []}),
+     "onDemand.sockets must name at least one .socket unit"),
+    (mutate(ON_DEMAND, {"idleTimeout": 60, "sockets": ["x.service"]}),
+     "onDemand.sockets must name at least one .socket unit"),
+    (mutate(ON_DEMAND, "yes"), "onDemand must be an object or null"),
 ])
 def test_malformed_manifest_is_one_clear_error(tmp_path: Path, data: object, says: str):
     path = write(tmp_path, data)

@@ -17,6 +17,11 @@ Which units are restarted (`restart_waiting_units`):
   `masked` ones must not start, and a unit systemd cannot find or load is reported as such.
   Starting those would run a server that nobody asked to run.
 
+A unit served on demand (`start_on_demand`) is not started: its sockets are, so that the next
+request starts it on the new entry; it is restarted only when it runs (it serves the old
+entry). Its failed state and start-rate counter are cleared first, on the runtime and on its
+sockets, as for any restart.
+
 All restart jobs are queued at once (JobRemoved is connected before the first RestartUnit),
 then one GLib main loop runs until every job is removed or `timeout` passes. A unit whose job
 finished with the unit active is then watched for `settle` seconds (PropertiesChanged): a
@@ -188,32 +193,32 @@ def restart_waiting_units(
     names = list(dict.fromkeys(units))
     if not names:
         return []  # nothing waits: no need for a bus (a pull without units must not fail)
-    outcomes: dict[str, UnitOutcome] = {}
     with _connect() as sd:
-        todo: dict[str, str] = {}  # unit -> object path
-        for unit in names:
-            path = sd.load_unit(unit)
-            state = UnitState.from_properties(unit, sd.get_all(path))
-            reason = _skip_reason(state)
-            if reason is None:
-                todo[unit] = path
-            else:
-                logger.info("%s: left alone (%s)", unit, reason)
-                outcomes[unit] = _outcome(state, skipped_reason=reason, job_result=None)
-        since = time.time()
-        jobs, refusals = sd.restart(list(todo), timeout=timeout) if todo else ({}, {})
-        started = [todo[u] for u, res in jobs.items() if res == "done"]
-        if started and settle > 0:
-            sd.settle(started, seconds=settle)
-        for unit, path in todo.items():
-            state = UnitState.from_properties(unit, sd.get_all(path))
-            outcome = _outcome(state, skipped_reason=None, job_result=jobs.get(unit))
-            if outcome.failed:
-                lines = refusals.get(unit, ()) + journal_tail(unit, sd.address, since=since)
-                outcome = replace(outcome, journal=lines)
-            logger.info("%s: %s", unit, outcome.describe())
-            outcomes[unit] = outcome
-    return [outcomes[u] for u in names]
+        return _run_jobs(sd, [(unit, "RestartUnit", _skip_reason) for unit in names],
+                         timeout=timeout, settle=settle)
+
+
+def start_on_demand(
+    units: Mapping[str, Sequence[str]], *, timeout: float = 60, settle: float = 2.0
+) -> list[UnitOutcome]:
+    """For each on-demand runtime (unit -> its socket units) whose model changed: clear its
+    failed state and start limit, restart it if it runs, and start its sockets.
+
+    The outcomes are those of the sockets (listening, or still waiting for the model) and of
+    each runtime that was restarted. Raises like `restart_waiting_units`.
+    """
+    if not units:
+        return []
+    with _connect() as sd:
+        ops: list[tuple[str, str, Callable[[UnitState], str | None]]] = []
+        for unit, sockets in units.items():
+            state = UnitState.from_properties(unit, sd.get_all(sd.load_unit(unit)))
+            sd.reset_failed(unit)  # a new entry is a new chance: the start limit starts over
+            if state.running:
+                ops.append((unit, "RestartUnit", _skip_reason))
+            # enabled (WantedBy=sockets.target) or listening: started (a no-op when listening)
+            ops += [(socket, "StartUnit", _skip_reason) for socket in sockets]
+        return _run_jobs(sd, ops, timeout=timeout, settle=settle)
 
 
 def raise_for_failed(outcomes: Sequence[UnitOutcome]) -> None:
@@ -260,6 +265,41 @@ def unit_states(units: Sequence[str]) -> dict[str, UnitState]:
 
 
 # ---------------------------------------------------------------------------- internals
+
+
+def _run_jobs(
+    sd: _Systemd, ops: Sequence[tuple[str, str, Callable[[UnitState], str | None]]], *,
+    timeout: float, settle: float,
+) -> list[UnitOutcome]:
+    """Queue each (unit, job method) that its skip rule lets through, wait for the jobs, let
+    the started units settle, and read every unit's outcome."""
+    outcomes: dict[str, UnitOutcome] = {}
+    todo: dict[str, str] = {}  # unit -> object path
+    methods: dict[str, str] = {}
+    for unit, method, skip in ops:
+        path = sd.load_unit(unit)
+        state = UnitState.from_properties(unit, sd.get_all(path))
+        reason = skip(state)
+        if reason is None:
+            todo[unit] = path
+            methods[unit] = method
+        else:
+            logger.info("%s: left alone (%s)", unit, reason)
+            outcomes[unit] = _outcome(state, skipped_reason=reason, job_result=None)
+    since = time.time()
+    jobs, refusals = sd.run_jobs(methods, timeout=timeout) if todo else ({}, {})
+    started = [todo[u] for u, res in jobs.items() if res == "done"]
+    if started and settle > 0:
+        sd.settle(started, seconds=settle)
+    for unit, path in todo.items():
+        state = UnitState.from_properties(unit, sd.get_all(path))
+        outcome = _outcome(state, skipped_reason=None, job_result=jobs.get(unit))
+        if outcome.failed:
+            lines = refusals.get(unit, ()) + journal_tail(unit, sd.address, since=since)
+            outcome = replace(outcome, journal=lines)
+        logger.info("%s: %s", unit, outcome.describe())
+        outcomes[unit] = outcome
+    return [outcomes[u] for u, _method, _skip in ops]
 
 
 def _skip_reason(state: UnitState) -> str | None:
@@ -397,24 +437,29 @@ class _Systemd:
             return ()
         return tuple(int(pid) for _cgroup, pid, _cmdline in procs)
 
-    def restart_unit(self, unit: str) -> str:
-        """Queue a restart job (starts the unit when it is not running); its job path.
-
-        A new entry is a new chance: ResetFailedUnit first clears a failed state and the start
-        rate counter (StartLimitBurst counts restarts by earlier pulls and by hand too), so the
-        unit is not refused with start-limit-hit for what happened to the old entry.
-        """
+    def reset_failed(self, unit: str) -> None:
+        """ResetFailedUnit: clear a failed state and the start rate counter."""
         try:
             _call(lambda: self.manager.ResetFailedUnit(unit))
         except ModelPullError as exc:
             if exc.code is ExitCode.NO_BUS:
                 raise
             logger.debug("ResetFailedUnit(%s): %s", unit, exc.message)
-        return str(_call(lambda: self.manager.RestartUnit(unit, "replace")))
 
-    def restart(self, units: Sequence[str], *, timeout: float
-                ) -> tuple[dict[str, str | None], dict[str, tuple[str, ...]]]:
-        """RestartUnit(unit, "replace") for each, then wait for their JobRemoved.
+    def restart_unit(self, unit: str, method: str = "RestartUnit") -> str:
+        """Queue a restart job (starts the unit when it is not running), or the job of
+        `method` ("StartUnit"); its job path.
+
+        A new entry is a new chance: ResetFailedUnit first clears a failed state and the start
+        rate counter (StartLimitBurst counts restarts by earlier pulls and by hand too), so the
+        unit is not refused with start-limit-hit for what happened to the old entry.
+        """
+        self.reset_failed(unit)
+        return str(_call(lambda: getattr(self.manager, method)(unit, "replace")))
+
+    def run_jobs(self, methods: Mapping[str, str], *, timeout: float
+                 ) -> tuple[dict[str, str | None], dict[str, tuple[str, ...]]]:
+        """METHOD(unit, "replace") for each unit -> METHOD, then wait for their JobRemoved.
 
         Returns unit -> job result (None: not finished within timeout; "refused": systemd
         answered the call with an error) and unit -> the refusal's message.
@@ -431,10 +476,10 @@ class _Systemd:
 
             sub = self.manager.JobRemoved.connect(on_removed)  # BEFORE the first RestartUnit
             try:
-                for unit in units:
-                    logger.debug("RestartUnit(%s, replace)", unit)
+                for unit, method in methods.items():
+                    logger.debug("%s(%s, replace)", method, unit)
                     try:
-                        jobs[unit] = self.restart_unit(unit)
+                        jobs[unit] = self.restart_unit(unit, method)
                     except ModelPullError as exc:
                         if exc.code is ExitCode.NO_BUS:
                             raise
