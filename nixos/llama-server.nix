@@ -103,6 +103,7 @@ let
           '';
         };
         gpus = ilib.gpusOption "the server";
+        onDemand = ilib.onDemandOption "llama-server";
         settings = mkOption {
           type = ilib.flagSettingsType;
           default = { };
@@ -138,7 +139,7 @@ let
           "-m"
           (pathOf inst.model)
           "--host"
-          inst.host
+          (ilib.bindHost inst)
           "--port"
           inst.port
           "-c"
@@ -191,6 +192,24 @@ let
         };
     };
 
+  onDemandArgs = name: inst: {
+    inherit pkgs;
+    inherit (inst) onDemand gpus;
+    unit = unitName name;
+    service = mkService name inst;
+    listeners = [
+      {
+        name = "";
+        inherit (inst) host port;
+      }
+    ];
+    # 503 while the model loads, 200 once it serves.
+    health = {
+      inherit (inst) port;
+      path = "/health";
+    };
+  };
+
   declaredGguf =
     inst: ref: what:
     [
@@ -238,9 +257,21 @@ in
     );
 
     # Only evaluated when every model is declared (assertions report the rest).
-    systemd.services = lib.mapAttrs' (
-      name: inst: lib.nameValuePair (unitName name) (mkService name inst)
-    ) (lib.filterAttrs (_: inst: lib.all (r: models ? ${r.name}) ([ inst.model ] ++ lib.optional (inst.draft != null) inst.draft)) cfg.instances);
+    systemd = lib.mkMerge (
+      lib.mapAttrsToList (name: inst: ilib.onDemandUnits (onDemandArgs name inst)) (
+        lib.filterAttrs (
+          _: inst: lib.all (r: models ? ${r.name}) ([ inst.model ] ++ lib.optional (inst.draft != null) inst.draft)
+        ) cfg.instances
+      )
+    );
+
+    warnings = lib.concatLists (
+      lib.mapAttrsToList (
+        name: inst:
+        lib.optional (inst.onDemand.enable && inst.metrics)
+          "services.inference.llama-server.instances.${name}: metrics with onDemand: a scrape of /metrics is a request, which starts the model and keeps it loaded."
+      ) cfg.instances
+    );
 
     services.inference.runtimeUnits = lib.mapAttrs' (
       name: inst:
@@ -250,6 +281,7 @@ in
         models = [ inst.model.name ] ++ lib.optional (inst.draft != null) inst.draft.name;
         ports = [ inst.port ];
         cudaCapabilities = ilib.cudaCapabilitiesOf cfg.package;
+        onDemand = ilib.onDemandRecord (unitName name) inst.onDemand (onDemandArgs name inst).listeners;
       }
     ) cfg.instances;
 

@@ -31,6 +31,7 @@ let
         description = "vLLM package of this instance.";
       };
       gpus = ilib.gpusOption "vLLM";
+      onDemand = ilib.onDemandOption "vLLM";
       settings = mkOption {
         type = yaml.type;
         default = { };
@@ -78,7 +79,7 @@ let
         ]
         ++ [
           "--host"
-          inst.host
+          (ilib.bindHost inst)
           "--port"
           inst.port
         ]
@@ -101,7 +102,9 @@ in
       label = "vLLM";
       layouts = [ "dual" "hf" ];
       inherit (cfg) instances;
-      inherit models unitName mkService;
+      inherit pkgs models unitName mkService;
+      # 200 once the engine is up (its start runs the model: memory profiling, graph capture).
+      healthPath = "/health";
     }
   );
 }

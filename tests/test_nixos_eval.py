@@ -408,7 +408,8 @@ def test_the_stubs_have_only_packages_nixpkgs_has(tmp_path: Path) -> None:
     # python-packages.nix); sglang, triton-inference-server and model-pull are not.
     assert set(names["top"]) <= {
         "cudaPackages", "llama-cpp", "vllm", "coreutils", "jq", "python3Packages", "writeText",
-        "writeShellScript", "writeShellScriptBin", "writeShellApplication", "formats",
+        "writeShellScript", "writeShellScriptBin", "writeShellApplication", "formats", "systemd",
+        "util-linux",
     }
     assert names["python"] == ["callPackage", "toPythonApplication", "torch"]
 

@@ -15,22 +15,37 @@ let
       manifest = config.environment.etc."inference/models.json" or null;
     in
     {
-      units = lib.mapAttrs' (
-        name: s:
-        lib.nameValuePair "${name}.service" {
-          inherit (s)
-            description
-            unitConfig
-            serviceConfig
-            environment
-            wantedBy
-            after
-            wants
-            requires
-            conflicts
-            ;
-        }
-      ) (lib.filterAttrs (_: s: s.enable) config.systemd.services);
+      units =
+        lib.mapAttrs' (
+          name: s:
+          lib.nameValuePair "${name}.service" {
+            inherit (s)
+              description
+              unitConfig
+              serviceConfig
+              environment
+              wantedBy
+              after
+              wants
+              requires
+              conflicts
+              partOf
+              ;
+          }
+        ) (lib.filterAttrs (_: s: s.enable) config.systemd.services)
+        // lib.mapAttrs' (
+          name: s:
+          lib.nameValuePair "${name}.socket" {
+            inherit (s)
+              description
+              unitConfig
+              socketConfig
+              listenStreams
+              wantedBy
+              partOf
+              ;
+          }
+        ) (lib.filterAttrs (_: s: s.enable) config.systemd.sockets);
       manifest = if manifest == null then null else builtins.fromJSON manifest.source.text;
       assertions = map (a: a.message) failed;
       inherit (config) warnings;
@@ -101,7 +116,12 @@ let
     ./standins.nix
   ];
   packages = lib.mapAttrs (_: p: p.outPath) {
-    inherit (stubs.pkgsFor { }) llama-cpp vllm;
+    inherit (stubs.pkgsFor { })
+      llama-cpp
+      vllm
+      systemd
+      util-linux
+      ;
     model-pull = standIns.services.inference.package;
     triton-inference-server = standIns.services.inference.triton.package;
     sglang-env = standIns.services.inference.sglang.package;

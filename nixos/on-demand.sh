@@ -1,0 +1,84 @@
+# inference-on-demand: the three steps of an on-demand runtime unit that systemd cannot do by
+# itself (nixos/lib.nix, onDemandUnits). Packaged with writeShellApplication (bash with
+# errexit, nounset, pipefail; coreutils and systemd on PATH).
+#
+#   inference-on-demand ready URL
+#       ExecStartPost= of the runtime (Type=exec: it runs once the runtime is exec'd, as the
+#       unit's user): wait until GET URL answers 200, so that the runtime counts as started only
+#       when it can serve; fail at once when the runtime ($MAINPID) exits first.
+#   inference-on-demand proxy URL IDLE PROXYD BACKEND
+#       ExecStart= of the proxy: exec PROXYD --exit-idle-time=IDLE BACKEND. When the runtime does
+#       not answer (it failed to start), 1s instead of IDLE: the waiting clients get a reset, and
+#       the proxy exits a second later, so the next request starts the runtime again.
+#   inference-on-demand stopped PROXY...
+#       ExecStopPost=+ of the runtime: after a crash (SERVICE_RESULT is not "success"), stop the
+#       proxies that still forward to it, so the next request starts it again. A proxy that is
+#       still waiting to start is left alone (--job-mode=fail): it must accept the clients queued
+#       in the socket, or systemd would trigger the socket again and again.
+#
+# URL is http://ADDRESS:PORT/PATH (an IPv4 address or a name; no IPv6 literal).
+
+# The HTTP status of GET URL ("" when nothing answers), with bash's own /dev/tcp: no process
+# is started, so polling costs almost nothing.
+http_status() {
+  local rest host port path fd code=""
+  rest=${1#http://}
+  path=/${rest#*/}
+  host=${rest%%/*}
+  port=${host##*:}
+  host=${host%:*}
+  exec {fd}<>"/dev/tcp/$host/$port" || return 0
+  printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$host" >&"$fd" || true
+  IFS=' ' read -r -t 10 _ code _ <&"$fd" || true
+  exec {fd}>&-
+  printf '%s' "$code"
+}
+
+ready() {
+  local url=$1 waited=0 status
+  while :; do
+    if [ -n "${MAINPID:-}" ] && ! kill -0 "$MAINPID" 2>/dev/null; then
+      echo "inference-on-demand: the runtime (pid $MAINPID) exited before $url answered" >&2
+      exit 1
+    fi
+    status=$(http_status "$url" 2>/dev/null)
+    [ "$status" = 200 ] && exit 0
+    # Every 20 ms while a small model loads, then every 250 ms (a large one, or the wait for
+    # the GPU lock, takes minutes; systemd's TimeoutStartSec bounds the whole wait).
+    if [ "$waited" -lt 250 ]; then
+      waited=$((waited + 1))
+      sleep 0.02
+    else
+      sleep 0.25
+    fi
+  done
+}
+
+proxy() {
+  local url=$1 idle=$2 proxyd=$3 backend=$4
+  if [ "$(http_status "$url" 2>/dev/null)" != 200 ]; then
+    echo "inference-on-demand: $url does not answer (the runtime failed to start): the waiting connections get a reset" >&2
+    idle=1s
+  fi
+  exec "$proxyd" --exit-idle-time="$idle" "$backend"
+}
+
+stopped() {
+  [ "${SERVICE_RESULT:-success}" = success ] && exit 0
+  local unit
+  for unit in "$@"; do
+    systemctl --no-block --job-mode=fail stop "$unit" 2>/dev/null || true
+  done
+}
+
+case "${1:-}" in
+ready | proxy | stopped)
+  command=$1
+  shift
+  "$command" "$@"
+  ;;
+*)
+  echo "usage: inference-on-demand ready URL | proxy URL IDLE PROXYD BACKEND | stopped PROXY..." >&2
+  exit 2
+  ;;
+esac
