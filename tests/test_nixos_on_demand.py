@@ -19,6 +19,7 @@ from test_nixos_eval import (
     checks,
     evaluate,
     evaluator,
+    golden,  # noqa: F401  (the module-scoped fixture)
     nix_eval,
     run_nix_eval,
 )
@@ -219,3 +220,13 @@ def test_an_idle_timeout_of_zero_is_refused(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "services.inference.llama-server.instances.a.onDemand.idleTimeout" in result.stderr
     assert "positive integer" in result.stderr
+def test_the_example_host_shares_its_gpu_on_demand(golden: dict[str, Any]) -> None:  # noqa: F811
+    host = golden["hosts"]["rtx5090-workstation"]
+    units = host["manifest"]["units"]
+    assert units["llama-server-main.service"]["onDemand"]["idleTimeout"] == 900
+    assert units["llama-server-coder.service"]["onDemand"]["idleTimeout"] == 300
+    # the same GPU (gpus = null): the same lock
+    for unit in ("llama-server-main.service", "llama-server-coder.service"):
+        assert '"--exclusive" "/run/inference/gpu-locks/all"' in host["units"][unit]["serviceConfig"]["ExecStart"]
+    assert host["assertions"] == []
+    assert not [w for w in host["warnings"] if "metrics" in w]

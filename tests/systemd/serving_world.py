@@ -9,9 +9,12 @@ What it sets up, as the NixOS modules would:
 - the state root /var/lib/inference (tmpfiles `d /var/lib/inference 0755 root root`), bound
   read-write from `base/state` so the test can look at it from the host;
 - /etc/inference/models.json: the host's manifest from golden.json, unchanged;
-- the host's units rendered from golden.json, installed and enabled. The runtime package of each
-  (a /nix/store path in the unit) is a directory bound at that very store path, so the unit
-  file is what NixOS writes, byte for byte, except the substitutions listed in `overrides`.
+- the host's units (services and sockets) rendered from golden.json, installed and enabled. The
+  runtime package of each (a /nix/store path in the unit) is a directory bound at that very
+  store path, so the unit file is what NixOS writes, byte for byte, except the substitutions
+  listed in `overrides`; the system tools the units use (systemd, util-linux, the on-demand
+  script) are this machine's, bound the same way (`system_tools`);
+- the host's systemd.tmpfiles.rules, applied with systemd-tmpfiles.
 
 The models come from a loopback Hub (model_pull.devhub) serving `base/hub`, run inside the
 container as `devhub.service`: the repos of the host's manifest, with tiny models under the
@@ -137,6 +140,33 @@ def probe(runtime: str) -> str:
             f"/usr/bin/python3 {PROBE_ROOT}/probe/runtime_probe.py {runtime} \"$@\"\n")
 
 
+def system_tools(base: Path, host: str) -> dict[str, Path]:
+    """The store paths of the host's units that hold system tools, as directories with this
+    machine's copies: systemd (lib/systemd/systemd-socket-proxyd, bin/systemctl), util-linux
+    (bin/flock) and the on-demand script (nixos/on-demand.sh as writeShellApplication packages
+    it: bash with errexit, nounset, pipefail, and its runtime inputs on PATH). Only those the
+    units refer to."""
+    golden = load_golden()
+    used = set().union(*(store_paths(render(host, u)) for u in golden["hosts"][host]["units"]))
+    tools: dict[str, Path] = {}
+    systemd_pkg = golden["packages"]["systemd"]
+    if systemd_pkg in used:
+        tools[systemd_pkg] = package_dir(base, "systemd", {
+            "lib/systemd/systemd-socket-proxyd": Path("/usr/lib/systemd/systemd-socket-proxyd"),
+            "bin/systemctl": Path("/usr/bin/systemctl"),
+        })
+    if golden["packages"]["util-linux"] in used:
+        tools[golden["packages"]["util-linux"]] = package_dir(
+            base, "util-linux", {"bin/flock": Path("/usr/bin/flock")})
+    for path in sorted(p for p in used if p.endswith("-inference-on-demand")):
+        script = (PROJECT / "nixos" / "on-demand.sh").read_text()
+        tools[path] = package_dir(base, "inference-on-demand", {
+            "bin/inference-on-demand": "#!/bin/bash\nset -o errexit\nset -o nounset\n"
+            f"set -o pipefail\nexport PATH=\"{systemd_pkg}/bin:/usr/bin:$PATH\"\n{script}",
+        })
+    return tools
+
+
 def vllm_config(base: Path, host: str, instance: str) -> dict[str, Path]:
     """{store path of vllm-<instance>.yaml: a host file with what NixOS writes there}: the
     instance's settings (golden["hosts"][host]["vllmSettings"]) as YAML, read-only."""
@@ -178,6 +208,7 @@ def serving_world(
     state.chmod(0o755)  # tmpfiles: d /var/lib/inference 0755 root root
     binds: list[tuple[str, str, bool]] = [(str(base), str(base), False),
                                           (str(state), STATE_ROOT, False), *PROBE_BINDS]
+    packages = {**system_tools(base, host), **packages}
     for pkg, host_path in packages.items():
         store_path = golden["packages"].get(pkg, pkg)
         binds.append((str(host_path), store_path, True))
@@ -187,6 +218,9 @@ def serving_world(
             ct.run(["groupadd", "--system", spec["group"]])
             ct.run(["useradd", "--system", "--gid", spec["group"], "--no-create-home",
                     "--shell", "/usr/sbin/nologin", user])
+        # systemd.tmpfiles.rules, as systemd-tmpfiles-setup.service applies them at boot
+        ct.write_file("/etc/tmpfiles.d/inference.conf", "\n".join(host_data["tmpfiles"]) + "\n")
+        ct.run(["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/inference.conf"])
         manifest = json.loads(json.dumps(host_data["manifest"]))
         for model, revision in (revisions or {}).items():
             manifest["models"][model]["revision"] = revision
