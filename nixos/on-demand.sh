@@ -43,11 +43,11 @@ ready() {
     fi
     status=$(http_status "$url" 2>/dev/null)
     [ "$status" = 200 ] && exit 0
-    # Every 20 ms while a small model loads, then every 250 ms (a large one, or the wait for
+    # Every 10 ms for 5 s (a small model), then every 250 ms (a large one, or the wait for
     # the GPU lock, takes minutes; systemd's TimeoutStartSec bounds the whole wait).
-    if [ "$waited" -lt 250 ]; then
+    if [ "$waited" -lt 500 ]; then
       waited=$((waited + 1))
-      sleep 0.02
+      sleep 0.01
     else
       sleep 0.25
     fi
