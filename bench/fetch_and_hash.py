@@ -66,16 +66,29 @@ def main() -> None:
         hub = DevHub(work / "hub")
         hub.add_repo("bench/synthetic", files)
         port_file = work / "port"
-        server = subprocess.Popen([sys.executable, "-m", "model_pull.devhub", "serve",
-                                   str(work / "hub"), "--port-file", str(port_file)],
-                                  stdout=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "model_pull.devhub",
+                "serve",
+                str(work / "hub"),
+                "--port-file",
+                str(port_file),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         try:
             while not port_file.exists() or not port_file.read_text().strip():
                 time.sleep(0.05)
             url = f"http://127.0.0.1:{port_file.read_text().strip()}"
             env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-            env.update(HF_ENDPOINT=url, HF_HUB_DISABLE_TELEMETRY="1",
-                       HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HOME=str(work / "hfhome"))
+            env.update(
+                HF_ENDPOINT=url,
+                HF_HUB_DISABLE_TELEMETRY="1",
+                HF_HUB_DISABLE_PROGRESS_BARS="1",
+                HF_HOME=str(work / "hfhome"),
+            )
             hf_times, mp_times = [], []
             entry = None
             for i in range(args.runs):
@@ -83,14 +96,33 @@ def main() -> None:
                 for tool in ("hf", "mp") if i % 2 == 0 else ("mp", "hf"):
                     if tool == "hf":
                         cache = work / f"hf-{i}"
-                        t, _ = timed([str(VENV_BIN / "hf"), "download", "bench/synthetic",
-                                      "--cache-dir", str(cache)], env)
+                        t, _ = timed(
+                            [
+                                str(VENV_BIN / "hf"),
+                                "download",
+                                "bench/synthetic",
+                                "--cache-dir",
+                                str(cache),
+                            ],
+                            env,
+                        )
                         hf_times.append(t)
                         shutil.rmtree(cache)
                         continue
                     root = work / f"mp-{i}"
-                    t, out = timed([sys.executable, "-m", "model_pull", "fetch",
-                                    "bench/synthetic", "--root", str(root), "--json"], env)
+                    t, out = timed(
+                        [
+                            sys.executable,
+                            "-m",
+                            "model_pull",
+                            "fetch",
+                            "bench/synthetic",
+                            "--root",
+                            str(root),
+                            "--json",
+                        ],
+                        env,
+                    )
                     mp_times.append(t)
                     entry = json.loads(out)
                     if i < args.runs - 1:
@@ -100,11 +132,16 @@ def main() -> None:
             weights_size = sum(f["size"] for f in entry["files"])
             entry_disk = du_bytes(Path(entry["path"]))
             results["fetch"] = {
-                "bytes": weights_size, "hf_download_s": hf_times, "model_pull_fetch_s": mp_times,
+                "bytes": weights_size,
+                "hf_download_s": hf_times,
+                "model_pull_fetch_s": mp_times,
                 "ratio_median": statistics.median(mp_times) / statistics.median(hf_times),
             }
-            results["disk"] = {"entry_allocated": entry_disk, "weights": weights_size,
-                               "ratio": entry_disk / weights_size}
+            results["disk"] = {
+                "entry_allocated": entry_disk,
+                "weights": weights_size,
+                "ratio": entry_disk / weights_size,
+            }
         finally:
             server.terminate()
             server.wait()
@@ -113,8 +150,11 @@ def main() -> None:
         # --- 2. hash vs nix hash path ----------------------------------------------------
         big = work / "hashdir"
         synthetic_weights(big, int(args.hash_gb * (1 << 30)), files=4, seed=7)
-        nenv = dict(os.environ, NIX_CONFIG="experimental-features = nix-command",
-                    NIX_STATE_DIR=str(work / "nixstate"))
+        nenv = dict(
+            os.environ,
+            NIX_CONFIG="experimental-features = nix-command",
+            NIX_STATE_DIR=str(work / "nixstate"),
+        )
         nix_t, mp_t = [], []
         nix_hash = mp_hash = ""
         for _ in range(args.runs):
@@ -124,9 +164,13 @@ def main() -> None:
             t, out = timed([sys.executable, "-m", "model_pull", "hash", str(big)], nenv)
             mp_t.append(t)
             mp_hash = out.splitlines()[0]
-        results["hash"] = {"bytes": int(args.hash_gb * (1 << 30)), "nix_hash_path_s": nix_t,
-                           "model_pull_hash_s": mp_t, "same_hash": nix_hash == mp_hash,
-                           "ratio_median": statistics.median(mp_t) / statistics.median(nix_t)}
+        results["hash"] = {
+            "bytes": int(args.hash_gb * (1 << 30)),
+            "nix_hash_path_s": nix_t,
+            "model_pull_hash_s": mp_t,
+            "same_hash": nix_hash == mp_hash,
+            "ratio_median": statistics.median(mp_t) / statistics.median(nix_t),
+        }
     finally:
         subprocess.run(["chmod", "-R", "u+w", str(work)], check=False)
         shutil.rmtree(work, ignore_errors=True)

@@ -110,16 +110,19 @@ def monotonic(w: World, unit: str, name: str) -> float:
 
 def wait_idle(w: World, unit: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while prop(w, f"{unit}.service", "ActiveState") != "inactive" or \
-            prop(w, f"{unit}-proxy.service", "ActiveState") != "inactive":
+    while (
+        prop(w, f"{unit}.service", "ActiveState") != "inactive"
+        or prop(w, f"{unit}-proxy.service", "ActiveState") != "inactive"
+    ):
         if time.monotonic() > deadline:
             sys.exit(f"{unit} did not go idle")
         time.sleep(0.05)
 
 
 def completion(w: World, port: int, *, poll: bool = False) -> tuple[float, float]:
-    start, end = run(w, TIMED_COMPLETION, str(port), json.dumps(COMPLETION),
-                     "poll" if poll else "once")
+    start, end = run(
+        w, TIMED_COMPLETION, str(port), json.dumps(COMPLETION), "poll" if poll else "once"
+    )
     return start, end
 
 
@@ -128,16 +131,23 @@ def always_on(w: World) -> str:
     rendered service without what on-demand adds (the gate, the cleanup, its own network,
     stopping when unneeded); same hardening, same GPU lock, same command line."""
     text = w.ct.run(["systemctl", "cat", f"{MAIN}.service"]).stdout
-    keep = [line for line in text.splitlines() if not line.startswith(
-        ("#", "ExecStartPost=", "ExecStopPost=", "PrivateNetwork=", "StopWhenUnneeded="))]
+    keep = [
+        line
+        for line in text.splitlines()
+        if not line.startswith(
+            ("#", "ExecStartPost=", "ExecStopPost=", "PrivateNetwork=", "StopWhenUnneeded=")
+        )
+    ]
     unit = "\n".join(keep).replace('"--port" "11435"', f'"--port" "{DIRECT_PORT}"') + "\n"
     w.ct.install_unit("always-on.service", unit, enable=False)
     return "always-on.service"
 
 
 def summary(xs: list[float], digits: int = 4) -> dict[str, Any]:
-    return {"median_s": round(statistics.median(xs), digits),
-            "runs_s": [round(x, digits) for x in xs]}
+    return {
+        "median_s": round(statistics.median(xs), digits),
+        "runs_s": [round(x, digits) for x in xs],
+    }
 
 
 def main() -> int:
@@ -161,10 +171,12 @@ def main() -> int:
             from test_on_demand import CODER_FILE, CODER_REPO
 
             from model_pull.tinymodels import write_tiny_gguf
+
             hub.add_repo(CODER_REPO, {CODER_FILE: write_tiny_gguf(base / "c.gguf", seed=3)})
 
-        with serving_world(base, HOST, {"llama-cpp": llama_cpp}, hub_setup=good_coder,
-                           overrides=overrides) as w:
+        with serving_world(
+            base, HOST, {"llama-cpp": llama_cpp}, hub_setup=good_coder, overrides=overrides
+        ) as w:
             pull = w.model_pull()
             if pull.returncode != 0:
                 sys.exit(f"pull failed: {pull.stdout}{pull.stderr}")
@@ -189,10 +201,10 @@ def main() -> int:
                     unit, proxy = f"{MAIN}.service", f"{MAIN}-proxy.service"
                     fork = monotonic(w, unit, "ExecMainStartTimestampMonotonic")
                     ready = monotonic(w, unit, "ActiveEnterTimestampMonotonic")
-                    proxied = monotonic(w, proxy, "ExecMainStartTimestampMonotonic")
+                    proxy_fork = monotonic(w, proxy, "ExecMainStartTimestampMonotonic")
                     to_fork.append(fork - start)
-                    to_proxy.append(proxied - ready)
-                    to_answer.append(end - proxied)
+                    to_proxy.append(proxy_fork - ready)
+                    to_answer.append(end - proxy_fork)
 
             # (b) warm, through the proxy and directly; an open connection keeps it loaded
             completion(w, main_port)
@@ -229,27 +241,32 @@ def main() -> int:
 
     cold_overhead = statistics.median(on_demand) - statistics.median(by_hand)
     warm_overhead = statistics.median(proxied) - statistics.median(straight)
-    print(json.dumps({
-        "container": "systemd-nspawn, systemd 252 as PID 1, the rendered units of "
-                     f"{HOST}, idleTimeout {IDLE} s, a real llama-server and tiny GGUFs",
-        "cold_start_on_demand": summary(on_demand),
-        "cold_start_always_on_unit": summary(by_hand),
-        "cold_start_overhead_s": round(cold_overhead, 4),
-        "cold_start_overhead_goal_s": 0.05,
-        "on_demand_request_to_runtime_fork": summary(to_fork),
-        "on_demand_runtime_ready_to_proxy_fork": summary(to_proxy),
-        "on_demand_proxy_fork_to_answer": summary(to_answer),
-        "warm_health_through_proxy": {"median_s": round(statistics.median(proxied), 6)},
-        "warm_health_direct": {"median_s": round(statistics.median(straight), 6)},
-        "warm_overhead_s": round(warm_overhead, 6),
-        "warm_overhead_goal_s": 0.001,
-        "idle_stop_after_timeout": summary(late),
-        "idle_stop_goal_s": 0.5,
-        "swap_from_main_stopped_to_coder_answer": summary(swaps),
-        "coder_cold_start_gpu_free": summary(coder_cold),
-        "coder_request_while_main_idle_total_wait": summary(waits),
-        "socket_results": sockets,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "container": "systemd-nspawn, systemd 252 as PID 1, the rendered units of "
+                f"{HOST}, idleTimeout {IDLE} s, a real llama-server and tiny GGUFs",
+                "cold_start_on_demand": summary(on_demand),
+                "cold_start_always_on_unit": summary(by_hand),
+                "cold_start_overhead_s": round(cold_overhead, 4),
+                "cold_start_overhead_goal_s": 0.05,
+                "on_demand_request_to_runtime_fork": summary(to_fork),
+                "on_demand_runtime_ready_to_proxy_fork": summary(to_proxy),
+                "on_demand_proxy_fork_to_answer": summary(to_answer),
+                "warm_health_through_proxy": {"median_s": round(statistics.median(proxied), 6)},
+                "warm_health_direct": {"median_s": round(statistics.median(straight), 6)},
+                "warm_overhead_s": round(warm_overhead, 6),
+                "warm_overhead_goal_s": 0.001,
+                "idle_stop_after_timeout": summary(late),
+                "idle_stop_goal_s": 0.5,
+                "swap_from_main_stopped_to_coder_answer": summary(swaps),
+                "coder_cold_start_gpu_free": summary(coder_cold),
+                "coder_request_while_main_idle_total_wait": summary(waits),
+                "socket_results": sockets,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -14,6 +14,16 @@ let
 
   isCommit = rev: builtins.match "[0-9a-f]{40}" rev != null;
 
+  # model-pull's default (datamodel.default_triton_name): the repo's name part in lower case,
+  # every character other than a letter, a digit or "_" turned into "_".
+  defaultTritonName =
+    repo:
+    lib.toLower (
+      lib.concatMapStrings (part: if lib.isList part then "_" else part) (
+        builtins.split "[^A-Za-z0-9_]" (lib.last (lib.splitString "/" repo))
+      )
+    );
+
   modelModule =
     { name, ... }:
     {
@@ -59,7 +69,7 @@ let
         tritonName = mkOption {
           type = types.nullOr (types.strMatching "[A-Za-z0-9_.-]+");
           default = null;
-          defaultText = lib.literalMD "the model name with `-` and `.` turned into `_`, for the `dual` and `single` layouts";
+          defaultText = lib.literalMD "the repository's name part in lower case, every character other than a letter, a digit or `_` turned into `_` (`Qwen/Qwen3.5-2B`: `qwen3_5_2b`), for the `dual` and `single` layouts";
           description = "Directory name Triton sees in its model repository.";
         };
         narHash = mkOption {
@@ -93,14 +103,14 @@ let
     };
 
   models = lib.mapAttrs (
-    name: m:
+    _: m:
     m
     // {
       tritonName =
         if m.tritonName != null then
           m.tritonName
         else if lib.elem m.layout [ "dual" "single" ] then
-          lib.replaceStrings [ "-" "." ] [ "_" "_" ] name
+          defaultTritonName m.repo
         else
           null;
     }

@@ -14,5 +14,12 @@ scripts/setup.sh
 LLAMA_SERVER=$(scripts/build-llama-server.sh)
 export LLAMA_SERVER
 .venv/bin/ruff check helper tests bench
-.venv/bin/mypy
+.venv/bin/ruff format --check helper tests bench
+.venv/bin/mypy  # helper/model_pull, strict (pyproject.toml)
+# The tests and benchmarks are type-checked too; test functions may go unannotated. Two runs:
+# tests/ and tests/systemd/ each have a conftest.py, which one run cannot hold.
+tests_mypy=(.venv/bin/mypy --allow-untyped-defs --allow-incomplete-defs --allow-untyped-calls
+            --check-untyped-defs --no-warn-unused-ignores)
+MYPYPATH=helper:tests:tests/nix "${tests_mypy[@]}" tests --exclude '^tests/systemd/'
+MYPYPATH=helper:tests:tests/systemd:tests/nix "${tests_mypy[@]}" tests/systemd bench
 exec .venv/bin/python -m pytest "$@"

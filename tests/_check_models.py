@@ -10,15 +10,25 @@ import gguf
 import numpy as np
 
 LLAMA_8B = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": 32,
-    "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096,
-    "max_position_embeddings": 131072, "torch_dtype": "bfloat16",
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "hidden_size": 4096,
+    "max_position_embeddings": 131072,
+    "torch_dtype": "bfloat16",
 }
 
 
-def hf_model(path: Path, quantization_config: dict[str, Any] | None = None, *,
-             hf_quant_config: dict[str, Any] | None = None, weight_bytes: int = 1 << 20,
-             **overrides: Any) -> Path:
+def hf_model(
+    path: Path,
+    quantization_config: dict[str, Any] | None = None,
+    *,
+    hf_quant_config: dict[str, Any] | None = None,
+    weight_bytes: int = 1 << 20,
+    **overrides: Any,
+) -> Path:
     """A model directory: config.json (+ hf_quant_config.json) and a sparse safetensors file."""
     path.mkdir(parents=True, exist_ok=True)
     config = {**LLAMA_8B, **overrides}
@@ -32,10 +42,18 @@ def hf_model(path: Path, quantization_config: dict[str, Any] | None = None, *,
     return path
 
 
-def gguf_model(path: Path, tensor_type: gguf.GGMLQuantizationType, *,
-               file_type: gguf.LlamaFileType | None, layers: int = 2, context: int = 4096,
-               head_count: int = 4, head_count_kv: int = 2, embd: int = 128,
-               vocab_tokens: int = 0) -> Path:
+def gguf_model(
+    path: Path,
+    tensor_type: gguf.GGMLQuantizationType,
+    *,
+    file_type: gguf.LlamaFileType | None,
+    layers: int = 2,
+    context: int = 4096,
+    head_count: int = 4,
+    head_count_kv: int = 2,
+    embd: int = 128,
+    vocab_tokens: int = 0,
+) -> Path:
     """A llama-architecture GGUF with real tensors of `tensor_type` (norms stay F32)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     w = gguf.GGUFWriter(path, "llama")

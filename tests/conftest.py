@@ -6,24 +6,32 @@ imported, so this module sets them at import time and starts the DevHub server i
 
 Fixtures (keep this file generic; feature-specific fixtures live in their own test files):
 
-- ``devhub`` (session): :class:`DevHubServer` with ``.hub`` (model_pull.devhub.DevHub), ``.url``.
-  ``HF_ENDPOINT`` already points at it for in-process calls and subprocesses alike.
+- ``devhub`` (session): :class:`DevHubServer` with ``.hub`` (loopback_hub.TestHub: the package's
+  DevHub with fault injection and request recording) and ``.url``: THE loopback Hub of the test
+  session. ``HF_ENDPOINT`` already points at it for in-process calls and subprocesses alike.
 - ``hub_repos`` (session): :class:`HubRepos`, the standard repos (see its fields).
 - ``new_repo`` (function): ``new_repo(files, **add_repo_kwargs) -> HubRepo`` under a fresh,
   unique repo id, for tests that inject faults or move branches.
 - ``hf_cache`` (function): an empty ``HF_HUB_CACHE`` directory for one test.
+- ``model_pull`` (function): :class:`ModelPull`, the real command line in a subprocess with an
+  environment of its own (no NixOS manifest, no system bus, a private HF_HOME), talking to the
+  loopback Hub.
 """
 
 from __future__ import annotations
 
 import atexit
 import itertools
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,8 +54,9 @@ os.environ.update(
     }
 )
 
+from loopback_hub import TestHub  # noqa: E402
 from model_pull import tinymodels  # noqa: E402
-from model_pull.devhub import DevHub, ServerHandle  # noqa: E402
+from model_pull.devhub import ServerHandle  # noqa: E402
 
 GATED_TOKEN = "hf_test_token_123"  # a test token, accepted by the loopback server only
 MISSING_REVISION = "no-such-revision"
@@ -59,7 +68,7 @@ UNSAFE_NAMES = ("/etc/passwd", "../x", "a/../../b", "nul\0name.txt", "back\\slas
 class DevHubServer:
     """The session's loopback Hub."""
 
-    hub: DevHub
+    hub: TestHub
     handle: ServerHandle
 
     @property
@@ -72,7 +81,7 @@ _SERVER: DevHubServer | None = None
 
 def pytest_configure(config: pytest.Config) -> None:
     global _SERVER
-    hub = DevHub(_SESSION_DIR / "devhub")
+    hub = TestHub(_SESSION_DIR / "devhub")
     _SERVER = DevHubServer(hub, hub.serve("127.0.0.1", 0))
     os.environ["HF_ENDPOINT"] = _SERVER.url
 
@@ -126,7 +135,7 @@ def devhub() -> DevHubServer:
 
 
 def _add(
-    hub: DevHub, repo: str, files: Mapping[str, bytes], *, branch: str = "main", **kw: object
+    hub: TestHub, repo: str, files: Mapping[str, bytes], *, branch: str = "main", **kw: object
 ) -> HubRepo:
     commit = hub.add_repo(repo, files, branch=branch, **kw)  # type: ignore[arg-type]
     token = kw.get("tokens", (None,))[0] if kw.get("gated") else None  # type: ignore[index]
@@ -170,7 +179,7 @@ def new_repo(devhub: DevHubServer, request: pytest.FixtureRequest) -> Callable[.
     """``new_repo(files, **add_repo_kwargs)``: a repo under a fresh id (``scratch/<test>-<n>``)."""
     base = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60].strip("-")
 
-    def make(files: Mapping[str, bytes], **kw: object) -> HubRepo:
+    def make(files: Mapping[str, bytes], **kw: Any) -> HubRepo:
         repo = f"scratch/{base}-{next(_REPO_COUNTER)}"
         return _add(devhub.hub, repo, files, **kw)
 
@@ -187,3 +196,58 @@ def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     cache.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     yield cache
+
+
+@dataclass
+class ModelPull:
+    """`python -m model_pull ARGS` as a user runs it: `run` returns the process, `ok` asserts
+    exit 0, `json` adds --json and parses stdout, `error` asserts one `error:` line on stderr
+    and the exit code, and returns that line."""
+
+    env: dict[str, str]
+
+    def run(
+        self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "model_pull", *args],
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def ok(
+        self, *args: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        p = self.run(*args, env=env)
+        assert p.returncode == 0, f"model-pull {' '.join(args)} -> {p.returncode}\n{p.stderr}"
+        return p
+
+    def json(self, *args: str, env: Mapping[str, str] | None = None) -> Any:
+        return json.loads(self.ok(*args, "--json", env=env).stdout)
+
+    def error(self, code: int, *args: str, env: Mapping[str, str] | None = None) -> str:
+        p = self.run(*args, env=env)
+        assert p.returncode == code, f"exit {p.returncode}, expected {code}\n{p.stderr}"
+        lines = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1, p.stderr
+        return lines[0]
+
+
+@pytest.fixture
+def model_pull(devhub: DevHubServer, hub_repos: HubRepos, tmp_path: Path) -> ModelPull:
+    """(The standard repos are there: `hub_repos`.)"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MODEL_PULL"))}
+    env.update(
+        HF_ENDPOINT=devhub.url,
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        HF_HOME=str(tmp_path / "hf-home"),
+        MODEL_PULL_MANIFEST=str(tmp_path / "no-manifest.json"),  # never the machine's own
+        DBUS_SYSTEM_BUS_ADDRESS=f"unix:path={tmp_path}/no-system-bus",
+        NIX_STATE_DIR=str(tmp_path / "nix-state"),
+        NIX_CONFIG="experimental-features = nix-command",
+    )
+    return ModelPull(env)

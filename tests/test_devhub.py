@@ -21,6 +21,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.hf_api import RepoFile
 
 from model_pull import tinymodels
 from model_pull.devhub import DevHub, git_blob_sha1_and_sha256
@@ -70,15 +71,19 @@ def test_allow_patterns_select_only_the_gguf_files(hub_repos, hf_cache):
 
 def test_listing_carries_git_sha1_and_lfs_sha256(hub_repos):
     repo = hub_repos.tiny_llama
-    entries = {e.path: e for e in HfApi().list_repo_tree(repo.repo, recursive=True)}
+    entries = {
+        e.path: e
+        for e in HfApi().list_repo_tree(repo.repo, recursive=True)
+        if isinstance(e, RepoFile)
+    }
     assert set(entries) == set(repo.files)
     for name, data in repo.files.items():
         git_sha1, sha256, size = git_blob_sha1_and_sha256(data)
         assert entries[name].blob_id == git_sha1
         assert entries[name].size == size
         if name.endswith(".safetensors"):
-            assert entries[name].lfs is not None
-            assert entries[name].lfs.sha256 == sha256
+            lfs = entries[name].lfs
+            assert lfs is not None and lfs.sha256 == sha256
         else:
             assert entries[name].lfs is None
 
@@ -149,12 +154,16 @@ def test_gated_repo_with_the_token_downloads(hub_repos, hf_cache):
 
 def test_corrupt_repo_serves_bytes_that_do_not_match_the_listed_hash(hub_repos, hf_cache):
     repo = hub_repos.corrupt
-    listed = {e.path: e for e in HfApi().list_repo_tree(repo.repo, recursive=True)}
+    listed = {
+        e.path: e
+        for e in HfApi().list_repo_tree(repo.repo, recursive=True)
+        if isinstance(e, RepoFile)
+    }
     path = Path(hf_hub_download(repo.repo, "model.safetensors", cache_dir=hf_cache))
     # The client only checks the size; the content is wrong.
     assert path.stat().st_size == listed["model.safetensors"].size
-    assert listed["model.safetensors"].lfs is not None
-    assert _sha256(path) != listed["model.safetensors"].lfs.sha256
+    lfs = listed["model.safetensors"].lfs
+    assert lfs is not None and _sha256(path) != lfs.sha256
     config = Path(hf_hub_download(repo.repo, "config.json", cache_dir=hf_cache))
     assert config.read_bytes() == repo.files["config.json"]
 

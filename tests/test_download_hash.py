@@ -17,6 +17,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import pytest
 from huggingface_hub import file_download
@@ -59,13 +60,19 @@ def server() -> Iterator[tuple[str, type[_Handler]]]:
 
 
 @pytest.mark.parametrize("as_received", [False, True])
-@pytest.mark.parametrize(("prefix", "honour_range"), [
-    (b"", True),  # a fresh download
-    (BODY[:100_000], True),  # resumed: the server sends the rest
-    (b"x" * 100_000, False),  # the server ignores Range: the stale prefix is dropped
-])
+@pytest.mark.parametrize(
+    ("prefix", "honour_range"),
+    [
+        (b"", True),  # a fresh download
+        (BODY[:100_000], True),  # resumed: the server sends the rest
+        (b"x" * 100_000, False),  # the server ignores Range: the stale prefix is dropped
+    ],
+)
 def test_hash_while_writing_matches_the_file(
-    server: tuple[str, type[_Handler]], tmp_path: Path, prefix: bytes, honour_range: bool,
+    server: tuple[str, type[_Handler]],
+    tmp_path: Path,
+    prefix: bytes,
+    honour_range: bool,
     as_received: bool,
 ) -> None:
     url, handler = server
@@ -76,8 +83,12 @@ def test_hash_while_writing_matches_the_file(
         if as_received:
             stack.enter_context(hub.chunks_as_received())
         with Sha256Appender(part) as out:
-            file_download.http_get(url, out, resume_size=len(prefix),  # type: ignore[arg-type]
-                                   expected_size=len(BODY))
+            file_download.http_get(
+                url,
+                cast(BinaryIO, out),  # writes, tells, seeks and truncates like a file
+                resume_size=len(prefix),
+                expected_size=len(BODY),
+            )
     assert part.read_bytes() == BODY
     assert out.sha256.hexdigest() == hashlib.sha256(BODY).hexdigest()
 
@@ -105,5 +116,6 @@ def test_per_file_hashes_in_the_nar_read_cover_every_chunk(tmp_path: Path) -> No
 
     nar = nar_hash(tmp_path, on_file)
     assert {rel: h.hexdigest() for rel, h in seen.items()} == {
-        rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+        rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()
+    }
     assert nar == nar_hash(tmp_path)  # the per-file hashers do not change the NAR hash

@@ -42,7 +42,7 @@ def systemd_version() -> int:
 def unknown_to_this_systemd(line: str) -> bool:
     """A verify line about a key this (older) systemd does not know yet but NixOS's does."""
     match = re.search(r"Unknown key '(\w+)'", line)
-    return bool(match) and systemd_version() < NEWER_KEYS.get(match.group(1), 0)
+    return match is not None and systemd_version() < NEWER_KEYS.get(match.group(1), 0)
 
 
 def runtime_units() -> list[tuple[str, str, str]]:

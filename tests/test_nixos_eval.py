@@ -183,13 +183,21 @@ def test_h100_vllm_triton_and_sglang_share_one_dual_entry(golden: dict[str, Any]
     assert sglang["environment"]["HF_HUB_CACHE"] == f"{entry}/share/models/hub"
     assert sglang["environment"]["HF_HUB_OFFLINE"] == "1"
     sc = sglang["serviceConfig"]
-    assert (sc["User"], sc["Group"], sc["MemoryDenyWriteExecute"]) == ("inference", "inference", False)
+    assert (sc["User"], sc["Group"], sc["MemoryDenyWriteExecute"]) == (
+        "inference",
+        "inference",
+        False,
+    )
     assert sc["ExecStart"].startswith(
         f'"{golden["packages"]["sglang-env"]}/bin/python" "-m" "sglang.launch_server" '
         '"--model-path" "Qwen/Qwen3.5-2B" "--host" "127.0.0.1" "--port" "30000"'
     )
-    for flags in ('"--mem-fraction-static" "0.3"', '"--context-length" "4096"',
-                  '"--served-model-name" "qwen3.5-2b"', '"--enable-metrics"'):
+    for flags in (
+        '"--mem-fraction-static" "0.3"',
+        '"--context-length" "4096"',
+        '"--served-model-name" "qwen3.5-2b"',
+        '"--enable-metrics"',
+    ):
         assert flags in sc["ExecStart"]
 
     model = host["manifest"]["models"]["qwen3_5-2b"]
@@ -383,7 +391,9 @@ def test_a_branch_revision_warns(tmp_path: Path) -> None:
 
 
 def test_sglang_without_a_package_stops_with_one_line_naming_the_option(tmp_path: Path) -> None:
-    result = checks(f'{{ {DUAL_MODEL} services.inference.sglang.instances.s.model = "d"; }}', tmp_path)
+    result = checks(
+        f'{{ {DUAL_MODEL} services.inference.sglang.instances.s.model = "d"; }}', tmp_path
+    )
     assert result["assertions"] == [
         "services.inference.sglang.package is not set (instance s): nixpkgs has no SGLang "
         "package; set it to a Python environment with SGLang."
@@ -411,8 +421,18 @@ def test_the_stubs_have_only_packages_nixpkgs_has(tmp_path: Path) -> None:
     # Each of these is an attribute of nixpkgs (pkgs/top-level/all-packages.nix, by-name,
     # python-packages.nix); sglang, triton-inference-server and model-pull are not.
     assert set(names["top"]) <= {
-        "cudaPackages", "llama-cpp", "vllm", "coreutils", "jq", "python3Packages", "writeText",
-        "writeShellScript", "writeShellScriptBin", "writeShellApplication", "formats", "systemd",
+        "cudaPackages",
+        "llama-cpp",
+        "vllm",
+        "coreutils",
+        "jq",
+        "python3Packages",
+        "writeText",
+        "writeShellScript",
+        "writeShellScriptBin",
+        "writeShellApplication",
+        "formats",
+        "systemd",
         "util-linux",
     }
     assert names["python"] == ["callPackage", "toPythonApplication", "torch"]
@@ -456,7 +476,10 @@ def test_the_auto_pull_unit_has_a_cache_the_gpu_and_systemd_retries(
     # systemd retries with a growing delay; no shell loop around the helper.
     assert sc["ExecStart"] == f'"{golden["packages"]["model-pull"]}/bin/model-pull"'
     assert (sc["Restart"], sc["RestartSec"], sc["RestartSteps"], sc["RestartMaxDelaySec"]) == (
-        "on-failure", "30s", 8, "1h",
+        "on-failure",
+        "30s",
+        8,
+        "1h",
     )
     # Failures a retry cannot change (errors.py) stop the unit at once: not found, no match,
     # pin mismatch, does not fit...; a network failure (18) is retried.
@@ -491,8 +514,13 @@ def test_a_switch_that_adds_or_changes_a_model_restarts_the_pull(tmp_path: Path)
     assert trigger(changed + server, tmp_path) != base
     assert trigger(GGUF_MODEL + added + server, tmp_path) != base
     # A change that is not in the manifest (a port) does not pull again.
-    assert trigger(GGUF_MODEL + server + "services.inference.llama-server.instances.a.port = 9123;",
-                   tmp_path) == base
+    assert (
+        trigger(
+            GGUF_MODEL + server + "services.inference.llama-server.instances.a.port = 9123;",
+            tmp_path,
+        )
+        == base
+    )
 
 
 # ---- '%' in what systemd expands specifiers in (item 9) ----------------------------------------
@@ -529,8 +557,9 @@ def test_a_percent_in_a_file_a_key_path_an_endpoint_or_gpus_is_escaped(tmp_path:
     ]
     assert unit["serviceConfig"]["LoadCredential"] == ["api-key:/run/secrets/k%%y"]
     assert unit["environment"]["CUDA_VISIBLE_DEVICES"] == "GPU-%%n"
-    assert '"-m" "/var/lib/inference/models/g/share/models/gguf/q%%y.gguf"' in (
-        unit["serviceConfig"]["ExecStart"]
+    assert (
+        '"-m" "/var/lib/inference/models/g/share/models/gguf/q%%y.gguf"'
+        in (unit["serviceConfig"]["ExecStart"])
     )
     pull = result["units"]["model-pull.service"]
     assert pull["environment"]["HF_ENDPOINT"] == "https://mirror.example/hf%%2Fmain"
@@ -588,9 +617,22 @@ def test_a_package_built_its_own_way_is_read_from_the_package(tmp_path: Path) ->
 VM_TESTS = sorted(p.name for p in (ROOT / "tests/vm").glob("*.nix"))
 # What the test driver's namespace holds besides the nodes (nixos/lib/test-driver, Driver.test_symbols).
 DRIVER_NAMES = [
-    "start_all", "test_script", "machines", "vlans", "driver", "log", "os", "create_machine",
-    "subtest", "run_tests", "join_all", "retry", "serial_stdout_off", "serial_stdout_on",
-    "polling_condition", "Machine",
+    "start_all",
+    "test_script",
+    "machines",
+    "vlans",
+    "driver",
+    "log",
+    "os",
+    "create_machine",
+    "subtest",
+    "run_tests",
+    "join_all",
+    "retry",
+    "serial_stdout_off",
+    "serial_stdout_on",
+    "polling_condition",
+    "Machine",
 ]
 
 
@@ -610,9 +652,17 @@ def test_the_vm_test_script_is_python_the_driver_can_run(test: str, tmp_path: Pa
     compile(result["testScript"], str(script), "exec")
     # Names the driver defines (nixos/lib/test-driver) are known; any other is a typo.
     lint = subprocess.run(
-        [str(ROOT / ".venv/bin/ruff"), "check", "--no-cache", "--isolated", "--select", "F,E9",
-         "--config", f"builtins = {json.dumps(DRIVER_NAMES + list(result['nodes']))}",
-         str(script)],
+        [
+            str(ROOT / ".venv/bin/ruff"),
+            "check",
+            "--no-cache",
+            "--isolated",
+            "--select",
+            "F,E9",
+            "--config",
+            f"builtins = {json.dumps(DRIVER_NAMES + list(result['nodes']))}",
+            str(script),
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -649,8 +699,9 @@ def test_systemd_reads_the_escaped_values_as_declared(tmp_path: Path) -> None:
     )
     unit = tmp_path / "llama-server-a.service"
     unit.write_text(
-        render_units.render_unit(result["units"]["llama-server-a.service"])
-        .replace(result["units"]["llama-server-a.service"]["serviceConfig"]["ExecStart"], "/bin/true")
+        render_units.render_unit(result["units"]["llama-server-a.service"]).replace(
+            result["units"]["llama-server-a.service"]["serviceConfig"]["ExecStart"], "/bin/true"
+        )
     )
     verify = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(unit)],

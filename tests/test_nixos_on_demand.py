@@ -42,7 +42,11 @@ def on_demand_llama(tmp_path: Path, extra: str = "") -> dict[str, Any]:
 def test_a_runtime_on_demand_is_a_socket_a_proxy_and_a_runtime(tmp_path: Path) -> None:
     result = on_demand_llama(tmp_path)
     units = result["units"]
-    assert sorted(units) == ["llama-server-a-proxy.service", "llama-server-a.service", "llama-server-a.socket"]
+    assert sorted(units) == [
+        "llama-server-a-proxy.service",
+        "llama-server-a.service",
+        "llama-server-a.socket",
+    ]
     gate = ["/var/lib/inference/models/g/share/models/gguf/m.gguf"]
 
     socket = units["llama-server-a.socket"]
@@ -132,7 +136,9 @@ def test_always_on_is_unchanged(tmp_path: Path) -> None:
     ],
 )
 def test_gpu_locks_follow_gpus_in_one_order(gpus: str, locks: str, tmp_path: Path) -> None:
-    result = on_demand_llama(tmp_path, f"services.inference.llama-server.instances.a.gpus = {gpus};")
+    result = on_demand_llama(
+        tmp_path, f"services.inference.llama-server.instances.a.gpus = {gpus};"
+    )
     flock = f"{result_packages(tmp_path)['util-linux']}/bin/flock"
     exec_start = result["units"]["llama-server-a.service"]["serviceConfig"]["ExecStart"]
     assert exec_start.startswith(f'"{flock}" "--no-fork" ' + locks.format(flock=flock) + ' "')
@@ -146,7 +152,9 @@ def test_the_public_address_is_the_socket(tmp_path: Path) -> None:
 
 
 def test_the_start_limit_stays_ten_minutes_for_long_idle_timeouts(tmp_path: Path) -> None:
-    result = evaluate("{ " + LLAMA.replace("idleTimeout = 30;", "idleTimeout = 900;") + " }", tmp_path)
+    result = evaluate(
+        "{ " + LLAMA.replace("idleTimeout = 30;", "idleTimeout = 900;") + " }", tmp_path
+    )
     assert result["units"]["llama-server-a.service"]["unitConfig"]["StartLimitIntervalSec"] == 600
 
 
@@ -182,15 +190,21 @@ def test_triton_on_demand_has_a_socket_for_http_and_one_for_grpc(tmp_path: Path)
     assert units["triton.socket"]["listenStreams"] == ["127.0.0.1:8100"]
     assert units["triton-grpc.socket"]["listenStreams"] == ["127.0.0.1:8101"]
     assert units["triton-grpc.socket"]["socketConfig"] == {"Service": "triton-grpc-proxy.service"}
-    assert units["triton-grpc-proxy.service"]["serviceConfig"]["ExecStart"].endswith('"127.0.0.1:8101"')
+    assert units["triton-grpc-proxy.service"]["serviceConfig"]["ExecStart"].endswith(
+        '"127.0.0.1:8101"'
+    )
     # both proxies join Triton's namespace and check its HTTP readiness
     for proxy in ("triton-proxy.service", "triton-grpc-proxy.service"):
         assert units[proxy]["unitConfig"]["JoinsNamespaceOf"] == "triton.service"
-        assert '"http://127.0.0.1:8100/v2/health/ready"' in units[proxy]["serviceConfig"]["ExecStart"]
+        assert (
+            '"http://127.0.0.1:8100/v2/health/ready"' in units[proxy]["serviceConfig"]["ExecStart"]
+        )
     sc = units["triton.service"]["serviceConfig"]
     assert '"--http-address=127.0.0.1"' in sc["ExecStart"]
     assert '"--grpc-address=127.0.0.1"' in sc["ExecStart"]
-    assert sc["ExecStopPost"].endswith('"stopped" "triton-proxy.service" "triton-grpc-proxy.service"')
+    assert sc["ExecStopPost"].endswith(
+        '"stopped" "triton-proxy.service" "triton-grpc-proxy.service"'
+    )
     assert result["manifest"]["units"]["triton.service"]["onDemand"]["sockets"] == [
         "triton.socket",
         "triton-grpc.socket",
@@ -207,7 +221,9 @@ def test_exclusive_gpu_and_on_demand_do_not_mix(tmp_path: Path) -> None:
 
 
 def test_metrics_on_demand_warns_that_a_scrape_keeps_the_model_loaded(tmp_path: Path) -> None:
-    result = checks(f"{{ {LLAMA} services.inference.llama-server.instances.a.metrics = true; }}", tmp_path)
+    result = checks(
+        f"{{ {LLAMA} services.inference.llama-server.instances.a.metrics = true; }}", tmp_path
+    )
     assert result["warnings"] == [
         "services.inference.llama-server.instances.a: metrics with onDemand: a scrape of /metrics "
         "is a request, which starts the model and keeps it loaded."
@@ -220,6 +236,8 @@ def test_an_idle_timeout_of_zero_is_refused(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "services.inference.llama-server.instances.a.onDemand.idleTimeout" in result.stderr
     assert "positive integer" in result.stderr
+
+
 def test_the_example_host_shares_its_gpu_on_demand(golden: dict[str, Any]) -> None:  # noqa: F811
     host = golden["hosts"]["rtx5090-workstation"]
     units = host["manifest"]["units"]
@@ -227,6 +245,9 @@ def test_the_example_host_shares_its_gpu_on_demand(golden: dict[str, Any]) -> No
     assert units["llama-server-coder.service"]["onDemand"]["idleTimeout"] == 300
     # the same GPU (gpus = null): the same lock
     for unit in ("llama-server-main.service", "llama-server-coder.service"):
-        assert '"--exclusive" "/run/inference/gpu-locks/all"' in host["units"][unit]["serviceConfig"]["ExecStart"]
+        assert (
+            '"--exclusive" "/run/inference/gpu-locks/all"'
+            in host["units"][unit]["serviceConfig"]["ExecStart"]
+        )
     assert host["assertions"] == []
     assert not [w for w in host["warnings"] if "metrics" in w]

@@ -3,13 +3,12 @@
 Read it top to bottom: the FIRST row that matches (runtime, method, scheme, SM) decides. No row
 matching means the answer is not known: the check says `unknown`, it never guesses.
 
-Sources are the seeds in /work/shared/seeds (000: the mkHfModel README with its "quantization
-support by GPU architecture" table; 001: the TensorRT-LLM reference with its algorithm table;
-002: the modelopt unified-checkpoint deployment matrix; 004: per-SM vLLM builds), and vendor pages
-where the seeds say nothing (named in full).
+Every row names the public documentation it follows (the constants below, with their URLs):
+vLLM's quantization pages, NVIDIA's TensorRT-LLM, Model Optimizer, Transformer Engine and CUDA
+documentation, llama.cpp's build guide. They are what `model-pull check` prints as its reasons.
 
-A build compiled for some SMs only (seed 004, `--package-sm`) is modelled in `code_sm()`: the code
-that actually runs on a GPU decides which row applies.
+A runtime build compiled for some SMs only (`--package-sm`, nixpkgs' cudaCapabilities) is
+modelled in `code_sm()`: the code that actually runs on a GPU decides which row applies.
 """
 
 from __future__ import annotations
@@ -18,18 +17,11 @@ import enum
 import logging
 from dataclasses import dataclass
 
+from model_pull.datamodel import Runtime
 from model_pull.gpu import Sm
 from model_pull.quant import Method, Scheme
 
 logger = logging.getLogger(__name__)
-
-
-class Runtime(enum.Enum):
-    LLAMA_SERVER = "llama-server"
-    VLLM = "vllm"
-    SGLANG = "sglang"
-    TRITON = "triton"  # Triton Inference Server with the vLLM backend: vLLM's kernels
-    TRTLLM = "trtllm"
 
 
 class Support(enum.IntEnum):
@@ -86,87 +78,120 @@ def _a(*algos: str) -> frozenset[str]:
     return frozenset(algos)
 
 
-S75, S80, S86, S89, S90, S100 = Sm(7, 5), Sm(8, 0), Sm(8, 6), Sm(8, 9), Sm(9, 0), Sm(10, 0)
-BEFORE_80, BEFORE_89, BEFORE_90, BEFORE_100 = Sm(7, 9), Sm(8, 8), Sm(8, 9), Sm(9, 9)
+S75, S80, S89, S90, S100 = Sm(7, 5), Sm(8, 0), Sm(8, 9), Sm(9, 0), Sm(10, 0)
+BEFORE_80, BEFORE_89, BEFORE_100 = Sm(7, 9), Sm(8, 8), Sm(9, 9)
 
 N, E, U, X = Support.NATIVE, Support.EMULATED, Support.UNKNOWN, Support.UNSUPPORTED
-S000 = "seed 000 (quantization support by GPU architecture)"
-S000P = "seed 000 (package table: TorchAO FP8 packages need SM89+)"
-S001 = "seed 001 (TensorRT-LLM supported quantization algorithms)"
-S002 = "seed 002 (modelopt deployment support matrix)"
-VLLM_HW = "docs.vllm.ai features/quantization (supported hardware table)"
-LLAMA_SRC = "llama.cpp README / docs/build.md (CUDA backend); notes/llama-server.md"
-GPTOSS = "vllm-project/recipes OpenAI/GPT-OSS.md (Hopper/Blackwell; Ampere via Marlin MXFP4)"
+VLLM_HW = (
+    "vLLM, quantization: supported hardware (https://docs.vllm.ai/en/stable/features/quantization/)"
+)
+VLLM_FP8 = "vLLM, FP8 W8A8 (https://docs.vllm.ai/en/stable/features/quantization/fp8/)"
+VLLM_GPU = (
+    "vLLM, GPU installation: compute capability 7.0 or higher "
+    "(https://docs.vllm.ai/en/stable/getting_started/installation/gpu.html)"
+)
+MODELOPT_DEPLOY = (
+    "NVIDIA Model Optimizer, unified checkpoint deployment "
+    "(https://nvidia.github.io/TensorRT-Model-Optimizer/deployment/3_unified_hf.html)"
+)
+MODELOPT_MATRIX = (
+    "NVIDIA Model Optimizer, support matrix "
+    "(https://nvidia.github.io/TensorRT-Model-Optimizer/guides/0_support_matrix.html)"
+)
+TRTLLM_MATRIX = (
+    "TensorRT-LLM, support matrix "
+    "(https://nvidia.github.io/TensorRT-LLM/reference/support-matrix.html)"
+)
+TRTLLM_PRECISION = (
+    "TensorRT-LLM, numerical precision "
+    "(https://nvidia.github.io/TensorRT-LLM/reference/precision.html)"
+)
+NVIDIA_TE = (
+    "NVIDIA Transformer Engine, datatype support by compute capability "
+    "(https://nvidia.github.io/TransformerEngine/support_matrix.html)"
+)
+TORCHAO = "TorchAO float8 needs compute capability 8.9 (https://github.com/pytorch/ao)"
+LLAMA_CPP = (
+    "llama.cpp, CUDA backend (https://github.com/ggml-org/llama.cpp/blob/master/docs/build.md)"
+)
+GPTOSS = (
+    "vLLM recipes, GPT-OSS (https://docs.vllm.ai/projects/recipes/en/latest/OpenAI/GPT-OSS.html)"
+)
+CUDA_GUIDE = (
+    "CUDA C++ Programming Guide, binary and PTX compatibility "
+    "(https://docs.nvidia.com/cuda/cuda-c-programming-guide/)"
+)
 
 # fmt: off
 TABLE: tuple[Row, ...] = (
     # --- which runtime loads which checkpoint format (any SM) ---------------------------------
     Row(LLAMA, HF_METHODS, None, None, None, None, X,
         "llama-server loads GGUF files only: use a GGUF repo (or llama.cpp's convert_hf_to_gguf)",
-        LLAMA_SRC),
+        LLAMA_CPP),
     Row(TRT, _m(Method.GGUF), None, None, None, None, X,
-        "TensorRT-LLM loads HF, TRT-LLM or unified (modelopt) checkpoints, not GGUF", S001),
+        "TensorRT-LLM loads HF, TRT-LLM or unified (modelopt) checkpoints, not GGUF",
+        TRTLLM_MATRIX),
     Row(VLLM_KERNELS, _m(Method.MODELOPT), None, _a("FP8_PB", "FP8_PB_WO", "NVFP4_AWQ",
         "INT4_AWQ", "W4A8_AWQ", "INT8_SQ"), None, None, X,
-        "vLLM and SGLang deploy modelopt FP8 and NVFP4 checkpoints only", S002),
+        "vLLM and SGLang deploy modelopt FP8 and NVFP4 checkpoints only", MODELOPT_DEPLOY),
     Row(TRT, _m(Method.MODELOPT), None, _a("FP8_PB", "FP8_PB_WO", "NVFP4_AWQ"), None, None, X,
-        "TensorRT-LLM deploys modelopt FP8 and NVFP4 (and the seed-001 algorithms), not this one",
-        S002),
+        "TensorRT-LLM deploys modelopt FP8 and NVFP4 checkpoints, not this one", MODELOPT_DEPLOY),
     Row(TRT, _m(Method.FP8, Method.FBGEMM_FP8, Method.COMPRESSED_TENSORS, Method.AWQ,
         Method.GPTQ, Method.BITSANDBYTES, Method.TORCHAO, Method.MXFP4), None, None, None, None, U,
-        "the seeds describe TensorRT-LLM with unquantized and modelopt checkpoints only", S001),
+        "TensorRT-LLM documents unquantized and modelopt checkpoints only", TRTLLM_PRECISION),
     Row(frozenset({Runtime.SGLANG}), _m(Method.GGUF), None, None, None, None, U,
-        "the seeds say nothing about SGLang loading GGUF", "-"),
+        "not known whether SGLang loads GGUF files", "-"),
 
     # --- GGUF: llama.cpp dequantizes every block type in its CUDA kernels --------------------
     Row(LLAMA, _m(Method.GGUF), None, None, S75, None, N,
-        "llama.cpp CUDA kernels for every GGUF tensor type", LLAMA_SRC),
+        "llama.cpp CUDA kernels for every GGUF tensor type", LLAMA_CPP),
     Row(frozenset({Runtime.VLLM, Runtime.TRITON}), _m(Method.GGUF), None, None, Sm(7, 0), S90, N,
         "vLLM GGUF loader (experimental: one file, not every architecture)", VLLM_HW),
 
-    # --- TensorRT-LLM's own limits (seed 001) -------------------------------------------------
+    # --- TensorRT-LLM's own limits ------------------------------------------------------------
     Row(TRT, None, _s(Scheme.FP8), None, None, BEFORE_89, X,
-        "TensorRT-LLM FP8 needs Ada or Hopper+ (no W8A16 fallback)", S001),
+        "TensorRT-LLM FP8 needs Ada or Hopper+ (no W8A16 fallback)", TRTLLM_MATRIX),
     Row(TRT, None, _s(Scheme.INT8), None, None, BEFORE_80, X,
-        "TensorRT-LLM INT8 SmoothQuant needs Ampere+", S001),
-    Row(TRT, None, _s(Scheme.INT4), None, S75, None, N,
-        "TensorRT-LLM INT4 AWQ runs on any CUDA GPU", S001),
+        "TensorRT-LLM INT8 SmoothQuant needs Ampere+", MODELOPT_MATRIX),
+    Row(TRT, None, _s(Scheme.INT4), None, S80, None, N,
+        "TensorRT-LLM INT4 AWQ (W4A16) on Ampere and later", MODELOPT_MATRIX),
 
     # --- TorchAO FP8 has no Marlin fallback -------------------------------------------------
     Row(ALL, _m(Method.TORCHAO), _s(Scheme.FP8, Scheme.W8A16), None, None, BEFORE_89, X,
-        "TorchAO float8 kernels need FP8 tensor cores (SM89+)", S000P),
+        "TorchAO float8 kernels need FP8 tensor cores (SM89+)", TORCHAO),
     Row(ALL, _m(Method.TORCHAO), _s(Scheme.FP8, Scheme.W8A16), None, S89, None, N,
-        "FP8 tensor cores (TorchAO float8)", S000P),
+        "FP8 tensor cores (TorchAO float8)", TORCHAO),
     Row(ALL, _m(Method.TORCHAO), None, None, None, None, U,
-        "TorchAO int4/int8 checkpoints are not in the seeds' tables", S000P),
+        "no hardware table for TorchAO's int4/int8 checkpoints", "-"),
 
     # --- hardware rows: what each SM does with each scheme ----------------------------------
     Row(ALL, None, _s(Scheme.FP8), None, S75, BEFORE_89, E,
-        "no FP8 tensor cores: runs W8A16 through Marlin (FP8 weights, FP16 compute)", S000),
+        "no FP8 tensor cores: runs W8A16 through Marlin (FP8 weights, FP16 compute)", VLLM_FP8),
     Row(ALL, None, _s(Scheme.FP8), None, S89, None, N,
-        "FP8 tensor cores (W8A8)", S000),
+        "FP8 tensor cores (W8A8)", VLLM_FP8),
     Row(VLLM_KERNELS, None, _s(Scheme.W8A16), None, S80, None, N,
         "8-bit weights, 16-bit compute through Marlin", VLLM_HW),
     Row(ALL, None, _s(Scheme.INT4), None, S75, BEFORE_80, N,
-        "INT4 W4A16 with the standard CUDA kernels (AWQ GEMM, ExLlamaV2 for GPTQ)", S000),
+        "INT4 W4A16 with the standard CUDA kernels (AWQ GEMM, ExLlamaV2 for GPTQ)", VLLM_HW),
     Row(ALL, None, _s(Scheme.INT4), None, S80, None, N,
-        "INT4 W4A16 with Marlin kernels", S000),
+        "INT4 W4A16 with Marlin kernels", VLLM_HW),
     Row(ALL, None, _s(Scheme.INT8), None, S75, None, N,
-        "INT8 W8A8 tensor cores", S000),
+        "INT8 W8A8 tensor cores", VLLM_HW),
     Row(ALL, None, _s(Scheme.F16, Scheme.F32), None, S75, None, N,
-        "FP16 tensor cores (FP32 checkpoints load as 16-bit with dtype auto)", S000),
+        "FP16 tensor cores (FP32 checkpoints load as 16-bit with dtype auto)", VLLM_GPU),
     Row(ALL, None, _s(Scheme.BF16), None, S75, BEFORE_80, E,
-        "no BF16 before SM80: dtype auto falls back to FP16 (values above 65504 overflow)", S000),
+        "no BF16 before SM80: dtype auto falls back to FP16 (values above 65504 overflow)",
+        NVIDIA_TE),
     Row(ALL, None, _s(Scheme.BF16), None, S80, None, N,
-        "BF16 tensor cores", S000),
-    Row(ALL, None, _s(Scheme.W4A8), None, None, BEFORE_90, X,
-        "W4A8 AWQ needs Hopper or newer", S001),
-    Row(ALL, None, _s(Scheme.W4A8), None, S90, None, N,
-        "W4A8 (INT4 weights, FP8 activations) on Hopper+", S001),
+        "BF16 tensor cores", NVIDIA_TE),
+    Row(ALL, None, _s(Scheme.W4A8), None, None, BEFORE_89, X,
+        "W4A8 AWQ needs FP8 tensor cores: Ada or newer", MODELOPT_MATRIX),
+    Row(ALL, None, _s(Scheme.W4A8), None, S89, None, N,
+        "W4A8 (INT4 weights, FP8 activations) on Ada and later", MODELOPT_MATRIX),
     Row(ALL, None, _s(Scheme.NVFP4), None, None, BEFORE_100, X,
-        "NVFP4 needs Blackwell FP4 tensor cores (SM100/103/120)", S000 + "; notes/runtimes.md"),
+        "NVFP4 needs Blackwell FP4 tensor cores (SM100/103/120)", MODELOPT_MATRIX),
     Row(ALL, None, _s(Scheme.NVFP4), None, S100, None, N,
-        "NVFP4 tensor cores (Blackwell)", S000 + "; seed 001 benchmark on B200"),
+        "NVFP4 tensor cores (Blackwell)", NVIDIA_TE),
     Row(VLLM_KERNELS, None, _s(Scheme.MXFP4), None, None, BEFORE_80, X,
         "MXFP4 needs Marlin (SM80+) or Blackwell FP4 tensor cores", GPTOSS),
     Row(VLLM_KERNELS, None, _s(Scheme.MXFP4), None, S80, BEFORE_100, E,
@@ -192,18 +217,25 @@ def decide(runtime: Runtime, method: Method, scheme: Scheme, algo: str, sm: Sm) 
     if scheme is Scheme.UNKNOWN:
         # Only the format rows (any scheme) can still say no; nothing can say yes.
         for row in TABLE:
-            if row.schemes is None and row.support is X and row.matches(
-                    runtime, method, scheme, algo, sm):
+            if (
+                row.schemes is None
+                and row.support is X
+                and row.matches(runtime, method, scheme, algo, sm)
+            ):
                 return Decision(row.support, row.how, row.source)
         return Decision(U, f"quantization {algo!r} is not recognised", "-")
     for row in TABLE:
         if row.matches(runtime, method, scheme, algo, sm):
             return Decision(row.support, row.how, row.source)
-    return Decision(U, f"no row in the compatibility table for {scheme.value} ({method.value}) "
-                       f"with {runtime.value} on SM {sm}", "-")
+    return Decision(
+        U,
+        f"no row in the compatibility table for {scheme.value} ({method.value}) "
+        f"with {runtime.value} on SM {sm}",
+        "-",
+    )
 
 
-# --- builds compiled for some SMs only (seed 004) ----------------------------------------------
+# --- builds compiled for some SMs only ---------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -245,18 +277,30 @@ def code_sm(gpu: Sm, arches: tuple[PackageArch, ...], forward_compat: bool = Tru
     exact = [a for a in arches if a.sm == gpu]
     if exact:
         return CodeSm(gpu, f"the build has sm_{gpu.major}{gpu.minor} code")
-    same_major = [a.sm for a in arches if a.variant != "a" and a.sm.major == gpu.major
-                  and a.sm.minor <= gpu.minor]
+    same_major = [
+        a.sm
+        for a in arches
+        if a.variant != "a" and a.sm.major == gpu.major and a.sm.minor <= gpu.minor
+    ]
     if same_major:
         best = max(same_major)
-        return CodeSm(best, f"runs the build's sm_{best.major}{best.minor} code "
-                            f"(binary compatible within SM {gpu.major}.x)")
+        return CodeSm(
+            best,
+            f"runs the build's sm_{best.major}{best.minor} code "
+            f"(binary compatible within SM {gpu.major}.x)",
+        )
     portable = [a.sm for a in arches if a.variant == ""]
     if forward_compat and portable and max(portable) < gpu:
         ptx = max(portable)
-        return CodeSm(ptx, f"no sm_{gpu.major}{gpu.minor} code in the build: kernels JIT-compile "
-                           f"from compute_{ptx.major}{ptx.minor} PTX at first start (slow start)")
+        return CodeSm(
+            ptx,
+            f"no sm_{gpu.major}{gpu.minor} code in the build: kernels JIT-compile "
+            f"from compute_{ptx.major}{ptx.minor} PTX at first start (slow start)",
+        )
     listed = ", ".join(str(a) for a in arches)
-    why = "PTX only runs on the same or newer SMs" if forward_compat else \
-        "and the build has no PTX (cudaForwardCompat off)"
+    why = (
+        "PTX only runs on the same or newer SMs"
+        if forward_compat
+        else "and the build has no PTX (cudaForwardCompat off)"
+    )
     return CodeSm(None, f"the build has code for SM {listed} only; SM {gpu} cannot run it ({why})")

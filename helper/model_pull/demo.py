@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model_pull import hub, pull
+from model_pull.datamodel import Layout
 from model_pull.devhub import DevHub
-from model_pull.layouts import Layout
 from model_pull.progress import Progress
 from model_pull.store import StateRoot
 from model_pull.tinymodels import tiny_llama_files
@@ -36,10 +36,19 @@ def run(root: Path, say: Callable[[str], None]) -> DemoResult:
     say(f"generated {DEMO_REPO} (commit {commit}) in a loopback Hub at {hub_dir}")
     with devhub.serve() as server:
         say(f"serving it at {server.url}; fetching with huggingface_hub ...")
-        options = pull.Options(layout=Layout.DUAL, triton_name="tiny_llama",
-                               engine_defaults={"max_model_len": 512, "dtype": "auto"})
-        installed = pull.fetch(DEMO_REPO, "main", options, StateRoot(root / "state"),
-                               hub.Remote(endpoint=server.url), progress=Progress(True))
+        options = pull.Options(
+            layout=Layout.DUAL,
+            triton_name="tiny_llama",
+            engine_defaults={"max_model_len": 512, "dtype": "auto"},
+        )
+        installed = pull.fetch(
+            DEMO_REPO,
+            "main",
+            options,
+            StateRoot(root / "state"),
+            hub.Remote(endpoint=server.url),
+            progress=Progress(True),
+        )
     resolved = resolve_offline(installed.entry.path / "share/models/hub", DEMO_REPO)
     return DemoResult(installed, resolved, server.url)
 
@@ -51,8 +60,15 @@ def resolve_offline(hub_cache: Path, repo: str) -> Path:
     previous = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
-        return Path(snapshot_download(repo_id=repo, local_files_only=True, ignore_patterns="*",
-                                      revision=None, cache_dir=hub_cache))
+        return Path(
+            snapshot_download(
+                repo_id=repo,
+                local_files_only=True,
+                ignore_patterns="*",
+                revision=None,
+                cache_dir=hub_cache,
+            )
+        )
     finally:
         if previous is None:
             del os.environ["HF_HUB_OFFLINE"]

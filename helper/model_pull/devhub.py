@@ -1,7 +1,8 @@
 """A Hugging Face Hub-compatible HTTP server for loopback: tests, the demo, local mirrors.
 
 Stdlib only (``http.server.ThreadingHTTPServer``, HTTP/1.1 keep-alive). It serves the endpoints
-the real ``huggingface_hub`` client uses (see /work/shared/notes/hub-api.md):
+the real ``huggingface_hub`` client uses (the Hub's HTTP API, https://huggingface.co/docs/hub/api,
+as huggingface_hub 2.x calls it):
 
 - ``GET /api/models/{org}/{name}[/revision/{rev}][?blobs=true]`` -> model info (id, sha, siblings)
 - ``GET /api/models/{org}/{name}/tree/{rev}[/{path}]?recursive=...`` -> listing, paginated with
@@ -31,29 +32,18 @@ range past the end            416                          ``HfHubHTTPError``
 a ``GatedRepoError`` (a subclass of ``RepositoryNotFoundError``). As on the real Hub, a gated
 repo's metadata (model info, tree) is public; only ``resolve`` needs the token.
 
-What the real client does with what this server sends (huggingface_hub 2.4, measured):
-
-- Resume: ``http_get`` reads bodies in 10 MiB chunks; when the connection drops mid-body it
-  retries IN THE SAME PROCESS with ``Range: bytes=<last whole chunk>-`` (tested with
-  ``inject(drop_after=N)``). It never resumes across processes: each download writes to a
-  process-unique ``<etag>.<uuid8>.incomplete``; a killed process leaves that file behind and the
-  next one starts at byte 0. Cross-process resume needs the caller's own Range requests.
-- Unsafe names: ``snapshot_download`` raises ValueError for absolute names and '..' segments
-  (before writing that file, but after files listed earlier), ValueError "embedded null byte"
-  for NUL, and WRITES names with a backslash on POSIX. Check the listing before downloading.
-- Integrity: only sizes are checked; a corrupt body of the right size is accepted.
+What the real client does with what this server sends (huggingface_hub 2.4, measured in
+tests/test_devhub.py): it resumes a dropped body in the same process with a Range request, but
+never across processes; it checks sizes, not content; `snapshot_download` refuses absolute and
+'..' names and writes names with a backslash. Check a listing before downloading.
 
 State lives in ``data_dir``: ``blobs/<sha256>`` (content-addressed bytes) and
-``repos/<org>/<name>.json`` (commits, refs, gating, faults). The JSON on disk is the source of
-truth and is re-read when it changes, so ``python -m model_pull.devhub serve DIR`` in another
-process sees repos added later with :meth:`DevHub.add_repo`.
+``repos/<org>/<name>.json`` (commits, refs, gating). The JSON on disk is the source of truth and
+is re-read when it changes, so ``python -m model_pull.devhub serve DIR`` in another process sees
+repos added later with :meth:`DevHub.add_repo`.
 
-Fault injection (tests only; see :meth:`DevHub.inject`): serve bytes that do not match the
-listed hash (same size, every byte inverted), throttle a file's body to N bytes/second, cut
-the connection after N body bytes, list unsafe file names
-(``add_repo(..., allow_unsafe_names=True)``). Every resolve request is
-recorded (:meth:`DevHub.requests`, :meth:`DevHub.bytes_served`) so a test can prove that a
-resumed download asked for a Range and did not get the first bytes again.
+Tests extend it (tests/loopback_hub.py) through two methods of the request handler:
+``send_file`` (how a file's bytes are sent) and ``log_request_done`` (what was asked and sent).
 """
 
 from __future__ import annotations
@@ -97,8 +87,7 @@ LFS_PATTERNS: tuple[str, ...] = (
 )
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
 DEFAULT_PAGE_SIZE = 1000
-_CHUNK = 1024 * 1024
-_INVERT = bytes(b ^ 0xFF for b in range(256))
+CHUNK = 1024 * 1024
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _REPO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 # An LFS pointer file: what `pointerSize` measures.
@@ -148,29 +137,6 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
-class Fault:
-    """Misbehaviour for one file (``path``) or a whole repo (``path=None``)."""
-
-    path: str | None = None
-    corrupt: bool = False
-    throttle_bps: int | None = None
-    drop_after: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Fault:
-        bps = data.get("throttle_bps")
-        return cls(
-            path=data.get("path"),
-            corrupt=bool(data.get("corrupt", False)),
-            throttle_bps=int(bps) if bps is not None else None,
-            drop_after=int(data["drop_after"]) if data.get("drop_after") is not None else None,
-        )
-
-
-@dataclass(frozen=True)
 class Repo:
     """A repo as stored in ``repos/<org>/<name>.json``."""
 
@@ -179,7 +145,6 @@ class Repo:
     commits: Mapping[str, tuple[FileEntry, ...]]
     gated: bool = False
     token_sha256: tuple[str, ...] = ()
-    faults: tuple[Fault, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -188,7 +153,6 @@ class Repo:
             "commits": {c: [f.to_json() for f in fs] for c, fs in self.commits.items()},
             "gated": self.gated,
             "token_sha256": list(self.token_sha256),
-            "faults": [f.to_json() for f in self.faults],
         }
 
     @classmethod
@@ -202,7 +166,6 @@ class Repo:
             },
             gated=bool(data.get("gated", False)),
             token_sha256=tuple(str(t) for t in data.get("token_sha256", ())),
-            faults=tuple(Fault.from_json(f) for f in data.get("faults", ())),
         )
 
     def resolve(self, revision: str) -> str | None:
@@ -213,19 +176,10 @@ class Repo:
             return revision
         return None
 
-    def fault_for(self, path: str) -> Fault | None:
-        for fault in self.faults:
-            if fault.path == path:
-                return fault
-        for fault in self.faults:
-            if fault.path is None:
-                return fault
-        return None
-
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One resolve request as the server saw it."""
+    """One resolve request as the server answered it (`_Handler.log_request_done`)."""
 
     method: str
     repo_id: str
@@ -246,7 +200,7 @@ def git_blob_sha1_and_sha256(source: bytes | Path) -> tuple[str, str, int]:
     g = hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)
     s = hashlib.sha256()
     with source.open("rb") as f:
-        while chunk := f.read(_CHUNK):
+        while chunk := f.read(CHUNK):
             g.update(chunk)
             s.update(chunk)
     return g.hexdigest(), s.hexdigest(), size
@@ -278,9 +232,6 @@ class DevHub:
         (self.data_dir / "repos").mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[int, Repo]] = {}
-        self._records: list[RequestRecord] = []
-        self._api_paths: list[str] = []
-        self._served: dict[tuple[str, str], int] = {}
 
     # ---- repos -------------------------------------------------------------------------
 
@@ -359,7 +310,6 @@ class DevHub:
         tokens: Sequence[str] = (),
         lfs_patterns: Sequence[str] = LFS_PATTERNS,
         keep_existing: bool = False,
-        allow_unsafe_names: bool = False,
     ) -> str:
         """Commit ``files`` (the whole tree) to ``branch`` and return the commit sha.
 
@@ -367,16 +317,14 @@ class DevHub:
         Earlier commits stay resolvable by sha. Path inputs are hardlinked into the blob store
         when possible (do not modify them afterwards), else copied; never read into memory.
         ``gated`` repos serve files only to ``Authorization: Bearer <one of tokens>``.
-        Unsafe names (absolute, '..', NUL, backslash) raise ValueError unless
-        ``allow_unsafe_names`` (for tests of clients that must refuse them).
+        Unsafe names (absolute, '..', NUL, backslash) raise ValueError (`check_name`).
         """
         entries: dict[str, FileEntry] = {}
         existing = self.get_repo(repo_id)
         if keep_existing and existing is not None and branch in existing.refs:
             entries = {f.path: f for f in existing.commits[existing.refs[branch]]}
         for name, source in files.items():
-            if is_unsafe_name(name) and not allow_unsafe_names:
-                raise ValueError(f"unsafe file name {name!r}; pass allow_unsafe_names=True")
+            self.check_name(name)
             git_sha1, sha256, size = self._store_blob(source)
             base = PurePosixPath(name).name
             lfs = size > LFS_SIZE_THRESHOLD or any(fnmatch(base, p) for p in lfs_patterns)
@@ -396,7 +344,6 @@ class DevHub:
             commits=commits,
             gated=gated,
             token_sha256=token_hashes,
-            faults=existing.faults if existing else (),
         )
         self._save(repo)
         logger.debug("added %s@%s (%s) with %d files", repo_id, branch, commit, len(listing))
@@ -415,81 +362,18 @@ class DevHub:
             raise KeyError(f"no repo {repo_id!r}")
         return repo
 
-    # ---- faults and accounting ---------------------------------------------------------
-
-    def inject(
-        self,
-        repo_id: str,
-        path: str | None = None,
-        *,
-        corrupt: bool = False,
-        throttle_bps: int | None = None,
-        drop_after: int | None = None,
-    ) -> None:
-        """Make ``path`` (or every file of the repo, with ``path=None``) misbehave.
-
-        ``corrupt``: serve bytes of the right size that do not match the listed hash.
-        ``throttle_bps``: send the body at about this many bytes per second.
-        ``drop_after``: a GET from offset 0 gets this many body bytes, then the connection is
-        closed (Content-Length promised more); a Range request that resumes is served in full.
-        A new fault for the same path replaces the old one; persisted with the repo.
-        """
-        repo = self._require(repo_id)
-        faults = tuple(f for f in repo.faults if f.path != path)
-        fault = Fault(path, corrupt=corrupt, throttle_bps=throttle_bps, drop_after=drop_after)
-        if fault != Fault(path):
-            faults += (fault,)
-        self._save(dataclasses.replace(repo, faults=faults))
-
-    def clear_faults(self, repo_id: str) -> None:
-        self._save(dataclasses.replace(self._require(repo_id), faults=()))
-
-    def _record(self, record: RequestRecord) -> None:
-        with self._lock:
-            self._records.append(record)
-
-    def requests(self, repo_id: str | None = None, path: str | None = None) -> list[RequestRecord]:
-        """Resolve requests seen so far (HEAD and GET), oldest first, optionally filtered."""
-        with self._lock:
-            records = list(self._records)
-        return [
-            r
-            for r in records
-            if (repo_id is None or r.repo_id == repo_id) and (path is None or r.path == path)
-        ]
-
-    def _record_api(self, path: str) -> None:
-        with self._lock:
-            self._api_paths.append(path)
-
-    def api_requests(self, repo_id: str | None = None) -> list[str]:
-        """URL paths of the API requests seen so far (model info, tree listings), oldest first,
-        optionally only those about one repo."""
-        prefix = f"/api/models/{repo_id}/" if repo_id else "/api/"
-        with self._lock:
-            return [p for p in self._api_paths if p.startswith(prefix)]
-
-    def _count(self, repo_id: str, path: str, n: int) -> None:
-        with self._lock:
-            key = (repo_id, path)
-            self._served[key] = self._served.get(key, 0) + n
-
-    def bytes_served(self, repo_id: str, path: str) -> int:
-        """Body bytes written so far for this file (all requests, all revisions; live)."""
-        with self._lock:
-            return self._served.get((repo_id, path), 0)
-
-    def reset_counters(self) -> None:
-        with self._lock:
-            self._records.clear()
-            self._api_paths.clear()
-            self._served.clear()
+    def check_name(self, name: str) -> None:
+        """ValueError for a file name a client must refuse (absolute, '..', NUL, backslash)."""
+        if is_unsafe_name(name):
+            raise ValueError(f"unsafe file name {name!r}")
 
     # ---- serving -----------------------------------------------------------------------
 
+    handler: type[Handler]  # set below, after the class
+
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> ServerHandle:
         """Start serving in a background thread."""
-        server = _Server((host, port), _Handler, self)
+        server = _Server((host, port), self.handler, self)
         thread = threading.Thread(target=server.serve_forever, name="devhub", daemon=True)
         thread.start()
         handle = ServerHandle(server, thread)
@@ -563,7 +447,7 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "devhub/0.1"
     server: _Server
@@ -589,7 +473,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         parts = url.path.split("/")[1:]
         try:
             if len(parts) >= 3 and parts[0] == "api" and parts[1] == "models":
-                self.hub._record_api(urllib.parse.unquote(url.path))
+                self.log_api_request(urllib.parse.unquote(url.path))
                 self._api_models(parts[2:], query, url.path, head=head)
             elif len(parts) >= 4 and parts[2] == "resolve":
                 self._resolve(parts, head=head)
@@ -749,14 +633,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     404, f"{filename} does not exist at {commit}", ErrorCode.ENTRY_NOT_FOUND
                 )
         except _HttpError as err:
-            self._record(RequestRecord(method, repo_id, filename, range_header, err.status, 0))
+            self.log_request_done(
+                RequestRecord(method, repo_id, filename, range_header, err.status, 0)
+            )
             raise
-        fault = repo.fault_for(filename)
         status, start, end = 200, 0, entry.size - 1
         if range_header:
             parsed = _parse_range(range_header, entry.size)
             if parsed is None:
-                self._record(RequestRecord(method, repo_id, filename, range_header, 416, 0))
+                self.log_request_done(
+                    RequestRecord(method, repo_id, filename, range_header, 416, 0)
+                )
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{entry.size}")
                 self.send_header("Content-Length", "0")
@@ -779,64 +666,34 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         try:
             if not head and length:
                 with self.hub.blob_path(entry.sha256).open("rb") as blob:
-                    sent = self._send_body(blob, start, length, fault, (repo_id, filename))
+                    sent = self.send_file(blob, start, length, repo_id, filename)
         finally:
-            self._record(RequestRecord(method, repo_id, filename, range_header, status, sent))
+            self.log_request_done(
+                RequestRecord(method, repo_id, filename, range_header, status, sent)
+            )
 
-    def _send_body(
-        self, blob: BinaryIO, start: int, length: int, fault: Fault | None, key: tuple[str, str]
-    ) -> int:
-        if fault is None or fault == Fault(fault.path):
-            return self._sendfile(blob, start, length, key)
-        blob.seek(start)
-        limit = length
-        if fault.drop_after is not None and start == 0:
-            limit = min(length, fault.drop_after)
-            self.close_connection = True
-        chunk = _CHUNK
-        if fault.throttle_bps is not None:
-            chunk = max(fault.throttle_bps // 20, 1)
-        sent = 0
-        t0 = time.monotonic()
-        try:
-            while sent < limit:
-                data = blob.read(min(chunk, limit - sent))
-                if not data:
-                    break
-                if fault.corrupt:
-                    data = data.translate(_INVERT)
-                self.wfile.write(data)
-                sent += len(data)
-                self.hub._count(*key, len(data))
-                if fault.throttle_bps is not None:
-                    delay = t0 + sent / fault.throttle_bps - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-        if sent < length:
-            self.close_connection = True
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_RDWR)
-        return sent
-
-    def _sendfile(self, blob: BinaryIO, start: int, length: int, key: tuple[str, str]) -> int:
+    def send_file(self, blob: BinaryIO, start: int, length: int, repo_id: str, path: str) -> int:
+        """Send `length` bytes of `blob` from `start` (sendfile); the bytes sent."""
         self.wfile.flush()
         sock: socket.socket = self.connection
         sent = 0
         try:
             while sent < length:
-                n = sock.sendfile(blob, start + sent, min(length - sent, 64 * _CHUNK))
+                n = sock.sendfile(blob, start + sent, min(length - sent, 64 * CHUNK))
                 if n == 0:
                     break
                 sent += n
-                self.hub._count(*key, n)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         return sent
 
-    def _record(self, record: RequestRecord) -> None:
-        self.hub._record(record)
+    def log_request_done(self, record: RequestRecord) -> None:
+        """A resolve request was answered (debug log; tests record them)."""
+        logger.debug("%s", record)
+
+    def log_api_request(self, path: str) -> None:
+        """An API request (model info, tree listing) arrived (debug log; tests record them)."""
+        logger.debug("api %s", path)
 
     # ---- responses -------------------------------------------------------------------------
 
@@ -860,6 +717,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send_json({"error": err.message}, head=head, status=err.status, extra=headers)
 
 
+DevHub.handler = Handler
+
+
 # ---- command line --------------------------------------------------------------------------
 
 
@@ -872,7 +732,7 @@ def _serving(hub: DevHub, host: str, port: int) -> Iterator[ServerHandle]:
         handle.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, hub_class: type[DevHub] = DevHub) -> int:
     """``python -m model_pull.devhub serve DIR [--host H] [--port P] [--port-file F]``."""
     parser = argparse.ArgumentParser(prog="python -m model_pull.devhub")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -890,7 +750,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    hub = DevHub(args.data_dir, page_size=args.page_size)
+    hub = hub_class(args.data_dir, page_size=args.page_size)
     with _serving(hub, args.host, args.port) as handle:
         print(handle.url, flush=True)
         if args.port_file is not None:

@@ -34,6 +34,7 @@ class ExitCode(enum.IntEnum):
     BAD_MANIFEST = 23  # /etc/inference/models.json unreadable or malformed
     NIX = 24  # nix-store / nix failed in --store nix mode
     BAD_INPUT = 25  # a local source directory or argument that cannot be packaged
+    PINNED = 26  # the NixOS manifest pins this model: the pin, not models/NAME, decides
 
     # check (issue: will this model run on this GPU)
     EMULATED = 30  # only with --strict

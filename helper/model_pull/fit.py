@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from model_pull.compat import Runtime
+from model_pull.datamodel import Runtime
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.ggufmeta import GgufInfo
+from model_pull.output import ArchitectureJson, FitJson
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,17 @@ class Architecture:
         window = min(context, self.sliding_window or context)
         return per_layer * (self.layers * context + self.sliding_layers * window)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"layers": self.layers, "kv_heads": self.kv_heads, "head_dim": self.head_dim,
-                "value_dim": self.value_dim, "max_context": self.max_context,
-                "sliding_layers": self.sliding_layers, "sliding_window": self.sliding_window,
-                "mla_dim": self.mla_dim}
+    def to_json(self) -> ArchitectureJson:
+        return {
+            "layers": self.layers,
+            "kvHeads": self.kv_heads,
+            "headDim": self.head_dim,
+            "valueDim": self.value_dim,
+            "maxContext": self.max_context,
+            "slidingLayers": self.sliding_layers,
+            "slidingWindow": self.sliding_window,
+            "mlaDim": self.mla_dim,
+        }
 
     @classmethod
     def from_hf_config(cls, config: Mapping[str, Any]) -> Architecture | None:
@@ -74,8 +81,16 @@ class Architecture:
         if cfg.get("kv_lora_rank"):
             mla = int(cfg["kv_lora_rank"]) + int(cfg.get("qk_rope_head_dim") or 0)
         value_dim = int(cfg.get("v_head_dim") or head_dim)
-        return cls(full, kv_heads, head_dim, value_dim, int(max_ctx) if max_ctx else None,
-                   sliding, int(window) if (window and sliding) else None, mla)
+        return cls(
+            full,
+            kv_heads,
+            head_dim,
+            value_dim,
+            int(max_ctx) if max_ctx else None,
+            sliding,
+            int(window) if (window and sliding) else None,
+            mla,
+        )
 
     @classmethod
     def from_gguf(cls, info: GgufInfo) -> Architecture | None:
@@ -94,18 +109,33 @@ class Architecture:
         ctx = info.key("context_length")
         if len(per_layer_kv) > 1:  # per-layer list: 0 for layers without attention (hybrids)
             attn = [k for k in per_layer_kv if k]
-            return cls(len(attn), max(attn) if attn else 0, head_dim, value_dim,
-                       int(ctx) if ctx else None)
+            return cls(
+                len(attn), max(attn) if attn else 0, head_dim, value_dim, int(ctx) if ctx else None
+            )
         return cls(layers, per_layer_kv[0], head_dim, value_dim, int(ctx) if ctx else None)
 
 
 # Bytes per KV element. llama.cpp block types: Q8_0 = 34 bytes / 32, Q4_0 = 18/32, Q4_1 = 20/32,
 # Q5_0 = 22/32, Q5_1 = 24/32, IQ4_NL = 18/32 (ggml-common.h). vLLM fp8 = 1 byte.
 KV_DTYPES: dict[str, float] = {
-    "f32": 4.0, "float32": 4.0, "f16": 2.0, "float16": 2.0, "fp16": 2.0, "bf16": 2.0,
-    "bfloat16": 2.0, "auto": 2.0,
-    "fp8": 1.0, "fp8_e4m3": 1.0, "fp8_e5m2": 1.0, "fp8_inc": 1.0, "int8": 1.0,
-    "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32, "q4_1": 20 / 32, "q4_0": 18 / 32,
+    "f32": 4.0,
+    "float32": 4.0,
+    "f16": 2.0,
+    "float16": 2.0,
+    "fp16": 2.0,
+    "bf16": 2.0,
+    "bfloat16": 2.0,
+    "auto": 2.0,
+    "fp8": 1.0,
+    "fp8_e4m3": 1.0,
+    "fp8_e5m2": 1.0,
+    "fp8_inc": 1.0,
+    "int8": 1.0,
+    "q8_0": 34 / 32,
+    "q5_1": 24 / 32,
+    "q5_0": 22 / 32,
+    "q4_1": 20 / 32,
+    "q4_0": 18 / 32,
     "iq4_nl": 18 / 32,
 }
 LLAMA_KV = frozenset({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"})
@@ -127,21 +157,45 @@ class RuntimeMemory:
 # run, CUDA graphs. They are printed with every answer.
 RUNTIME_MEMORY: dict[Runtime, RuntimeMemory] = {
     Runtime.LLAMA_SERVER: RuntimeMemory(
-        1.0, "llama-server allocates what it needs, no fraction (-ngl 99: all layers on the GPU)",
-        int(0.75 * GIB), "CUDA context + compute buffers at the default batch sizes (estimate)",
-        "f16", 4),  # seed 003: the server's default --parallel is 4
+        1.0,
+        "llama-server allocates what it needs, no fraction (-ngl 99: all layers on the GPU)",
+        int(0.75 * GIB),
+        "CUDA context + compute buffers at the default batch sizes (estimate)",
+        "f16",
+        4,
+    ),  # llama-server's default --parallel (-np) is 4 slots
     Runtime.VLLM: RuntimeMemory(
-        0.9, "vLLM gpu_memory_utilization default 0.9", 2 * GIB,
-        "CUDA context + profiling-run activations + CUDA graphs (estimate)", "auto", 1),
+        0.9,
+        "vLLM gpu_memory_utilization default 0.9",
+        2 * GIB,
+        "CUDA context + profiling-run activations + CUDA graphs (estimate)",
+        "auto",
+        1,
+    ),
     Runtime.TRITON: RuntimeMemory(
-        0.9, "vLLM backend: gpu_memory_utilization default 0.9 (model.json)", 2 * GIB,
-        "as vLLM, plus Triton's own context (estimate)", "auto", 1),
+        0.9,
+        "vLLM backend: gpu_memory_utilization default 0.9 (model.json)",
+        2 * GIB,
+        "as vLLM, plus Triton's own context (estimate)",
+        "auto",
+        1,
+    ),
     Runtime.SGLANG: RuntimeMemory(
-        0.85, "SGLang mem_fraction_static (its default depends on the GPU; 0.85 planned)",
-        2 * GIB, "CUDA context + activations + CUDA graphs (estimate)", "auto", 1),
+        0.85,
+        "SGLang mem_fraction_static (its default depends on the GPU; 0.85 planned)",
+        2 * GIB,
+        "CUDA context + activations + CUDA graphs (estimate)",
+        "auto",
+        1,
+    ),
     Runtime.TRTLLM: RuntimeMemory(
-        0.9, "TensorRT-LLM KvCacheConfig free_gpu_memory_fraction default 0.9", int(1.5 * GIB),
-        "CUDA context + engine activations (estimate)", "auto", 1),
+        0.9,
+        "TensorRT-LLM KvCacheConfig free_gpu_memory_fraction default 0.9",
+        int(1.5 * GIB),
+        "CUDA context + engine activations (estimate)",
+        "auto",
+        1,
+    ),
 }
 
 
@@ -151,8 +205,10 @@ def kv_bytes_per_element(runtime: Runtime, kv_dtype: str | None) -> tuple[str, f
     allowed = LLAMA_KV if runtime is Runtime.LLAMA_SERVER else VLLM_KV
     if name not in allowed:
         raise ModelPullError(
-            ExitCode.USAGE, f"--kv-cache-dtype {name!r} is not one {runtime.value} accepts",
-            hint="use one of " + ", ".join(sorted(allowed)))
+            ExitCode.USAGE,
+            f"--kv-cache-dtype {name!r} is not one {runtime.value} accepts",
+            hint="use one of " + ", ".join(sorted(allowed)),
+        )
     return name, KV_DTYPES[name]
 
 
@@ -173,12 +229,20 @@ class Fit:
     def fits(self) -> bool:
         return self.headroom >= 0
 
-    def to_json(self) -> dict[str, Any]:
-        return {"weights": self.weights, "kv_cache": self.kv_cache, "overhead": self.overhead,
-                "available": self.available, "headroom": self.headroom,
-                "max_context": self.max_context, "context": self.context,
-                "parallel": self.parallel, "kv_cache_dtype": self.kv_dtype,
-                "kv_bytes_per_token": round(self.kv_per_token, 2), "fits": self.fits}
+    def to_json(self) -> FitJson:
+        return {
+            "weights": self.weights,
+            "kvCache": self.kv_cache,
+            "overhead": self.overhead,
+            "available": self.available,
+            "headroom": self.headroom,
+            "maxContext": self.max_context,
+            "context": self.context,
+            "parallel": self.parallel,
+            "kvCacheDtype": self.kv_dtype,
+            "kvBytesPerToken": round(self.kv_per_token, 2),
+            "fits": self.fits,
+        }
 
 
 def available_bytes(runtime: Runtime, total: int, free: int | None) -> int:
@@ -188,8 +252,15 @@ def available_bytes(runtime: Runtime, total: int, free: int | None) -> int:
 
 
 def estimate(
-    arch: Architecture | None, weights: int, runtime: Runtime, available: int, *,
-    context: int, parallel: int, kv_per_element: float, kv_dtype: str,
+    arch: Architecture | None,
+    weights: int,
+    runtime: Runtime,
+    available: int,
+    *,
+    context: int,
+    parallel: int,
+    kv_per_element: float,
+    kv_dtype: str,
     model_max_context: int | None,
 ) -> Fit:
     overhead = RUNTIME_MEMORY[runtime].overhead
@@ -201,12 +272,14 @@ def estimate(
     headroom = available - weights - overhead - kv
     budget = available - weights - overhead
     max_ctx = _max_context(arch, budget, parallel, kv_per_element, model_max_context)
-    return Fit(weights, kv, overhead, available, headroom, max_ctx, context, parallel, kv_dtype,
-               per_token)
+    return Fit(
+        weights, kv, overhead, available, headroom, max_ctx, context, parallel, kv_dtype, per_token
+    )
 
 
-def _max_context(arch: Architecture | None, budget: int, parallel: int, per_elem: float,
-                 cap: int | None) -> int:
+def _max_context(
+    arch: Architecture | None, budget: int, parallel: int, per_elem: float, cap: int | None
+) -> int:
     if budget <= 0 or arch is None:
         return 0
     ceiling = cap or 1 << 24

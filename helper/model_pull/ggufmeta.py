@@ -22,9 +22,16 @@ logger = logging.getLogger(__name__)
 
 # The keys kept from the header (after the "<arch>." prefix), plus general.* ones.
 _ARCH_KEYS = (
-    "context_length", "block_count", "embedding_length", "attention.head_count",
-    "attention.head_count_kv", "attention.key_length", "attention.value_length",
-    "attention.sliding_window", "attention.kv_lora_rank", "rope.dimension_count",
+    "context_length",
+    "block_count",
+    "embedding_length",
+    "attention.head_count",
+    "attention.head_count_kv",
+    "attention.key_length",
+    "attention.value_length",
+    "attention.sliding_window",
+    "attention.kv_lora_rank",
+    "rope.dimension_count",
 )
 
 
@@ -48,8 +55,19 @@ class HeaderIncompleteError(Exception):
         self.needed = needed
 
 
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-            10: "<Q", 11: "<q", 12: "<d"}  # GGUFValueType -> struct format (8 string, 9 array)
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}  # GGUFValueType -> struct format (8 string, 9 array)
 _STRING, _ARRAY = 8, 9
 
 
@@ -78,7 +96,7 @@ class _Cursor:
     def string(self) -> str:
         n = self.scalar("<Q")
         self._need(n)
-        raw = bytes(self.data[self.pos:self.pos + n])
+        raw = bytes(self.data[self.pos : self.pos + n])
         self.pos += n
         return raw.decode("utf-8", errors="replace")
 
@@ -159,8 +177,11 @@ def read_gguf(path: Path) -> GgufInfo:
             finally:
                 view.release()
     except (ValueError, OSError, struct.error) as exc:
-        raise ModelPullError(ExitCode.BAD_INPUT, f"{path} is not a readable GGUF file: {exc}",
-                             hint="check the file is complete (sizes match the repo)") from exc
+        raise ModelPullError(
+            ExitCode.BAD_INPUT,
+            f"{path} is not a readable GGUF file: {exc}",
+            hint="check the file is complete (sizes match the repo)",
+        ) from exc
 
 
 def read_gguf_header(head: bytes, file_size: int) -> GgufInfo:

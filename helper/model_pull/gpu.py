@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from model_pull.errors import ExitCode, ModelPullError
+from model_pull.output import GpuJson
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +51,13 @@ class GpuFacts:
     index: int | None = None
     source: str = "spec"  # "nvml" or "spec"
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> GpuJson:
         return {
             "index": self.index,
             "name": self.name,
             "sm": str(self.sm),
-            "total_bytes": self.total_bytes,
-            "free_bytes": self.free_bytes,
+            "totalBytes": self.total_bytes,
+            "freeBytes": self.free_bytes,
             "driver": self.driver,
             "source": self.source,
         }
@@ -69,10 +70,9 @@ class KnownGpu:
     total_mib: int
 
 
-# Known cards for `--gpu NAME`. SM from NVIDIA's CUDA GPU list (developer.nvidia.com/cuda-gpus) and
-# the seeds' tables (000, 004). Memory is the total NVML reports for the card (MiB, approximately),
-# which is a little less than the marketed "GB". Seed 004 lists L40S under SM90; NVIDIA and seed 000
-# say Ada, SM89 - we follow NVIDIA.
+# Known cards for `--gpu NAME`. SM from NVIDIA's CUDA GPU list (https://developer.nvidia.com/cuda-gpus;
+# the L40S is Ada, SM89). Memory is the total NVML reports for the card (MiB, approximately),
+# which is a little less than the marketed "GB".
 KNOWN_GPUS: tuple[KnownGpu, ...] = (
     KnownGpu("Tesla V100", Sm(7, 0), 16_384),
     KnownGpu("Tesla T4", Sm(7, 5), 15_360),
@@ -108,9 +108,22 @@ def _key(name: str) -> str:
 
 _BY_KEY = {_key(g.name): g for g in KNOWN_GPUS}
 
-_UNITS = {"": GIB, "b": 1, "kib": 1024, "mib": MIB, "gib": GIB, "tib": 1024**4,
-          "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "k": 1024, "m": MIB, "g": GIB, "t": 1024**4}
+_UNITS = {
+    "": GIB,
+    "b": 1,
+    "kib": 1024,
+    "mib": MIB,
+    "gib": GIB,
+    "tib": 1024**4,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "k": 1024,
+    "m": MIB,
+    "g": GIB,
+    "t": 1024**4,
+}
 
 
 def parse_size(text: str) -> int:
@@ -137,7 +150,8 @@ def parse_spec(spec: str) -> GpuFacts:
     except ValueError as exc:
         names = ", ".join(g.name for g in KNOWN_GPUS)
         raise ModelPullError(
-            ExitCode.USAGE, f"bad --gpu {spec!r}: {exc}",
+            ExitCode.USAGE,
+            f"bad --gpu {spec!r}: {exc}",
             hint=f"write SM:MEMORY like 8.9:24GiB, or one of: {names}",
         ) from exc
 
@@ -186,14 +200,14 @@ def process_memory() -> dict[int, int]:
     try:
         for i in range(int(pynvml.nvmlDeviceGetCount())):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            for proc in (list(pynvml.nvmlDeviceGetComputeRunningProcesses(handle))
-                         + list(pynvml.nvmlDeviceGetGraphicsRunningProcesses(handle))):
+            for proc in list(pynvml.nvmlDeviceGetComputeRunningProcesses(handle)) + list(
+                pynvml.nvmlDeviceGetGraphicsRunningProcesses(handle)
+            ):
                 mem = getattr(proc, "usedGpuMemory", None)
                 if isinstance(mem, int):
                     used[int(proc.pid)] = used.get(int(proc.pid), 0) + mem
     except pynvml.NVMLError as exc:
-        raise ModelPullError(ExitCode.NO_GPU_INFO, f"NVML failed listing processes: {exc}") \
-            from exc
+        raise ModelPullError(ExitCode.NO_GPU_INFO, f"NVML failed listing processes: {exc}") from exc
     finally:
         try:
             pynvml.nvmlShutdown()
@@ -220,11 +234,17 @@ def read_nvml() -> NvmlReading:
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
             mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            gpus.append(GpuFacts(
-                name=_text(pynvml.nvmlDeviceGetName(handle)), sm=Sm(int(major), int(minor)),
-                total_bytes=int(mem.total), free_bytes=int(mem.free), driver=driver, index=i,
-                source="nvml",
-            ))
+            gpus.append(
+                GpuFacts(
+                    name=_text(pynvml.nvmlDeviceGetName(handle)),
+                    sm=Sm(int(major), int(minor)),
+                    total_bytes=int(mem.total),
+                    free_bytes=int(mem.free),
+                    driver=driver,
+                    index=i,
+                    source="nvml",
+                )
+            )
     except pynvml.NVMLError as exc:
         return NvmlReading((), f"NVML failed while reading the GPUs: {exc}")
     finally:

@@ -60,12 +60,14 @@ def read_token(token_file: Path | None) -> str | None:
             token = token_file.read_text().strip()
         except OSError as exc:
             raise ModelPullError(
-                ExitCode.AUTH, f"cannot read the token file {token_file}: {exc.strerror}",
+                ExitCode.AUTH,
+                f"cannot read the token file {token_file}: {exc.strerror}",
                 hint=TOKEN_HINT,
             ) from exc
         if not token:
-            raise ModelPullError(ExitCode.AUTH, f"the token file {token_file} is empty",
-                                 hint=TOKEN_HINT)
+            raise ModelPullError(
+                ExitCode.AUTH, f"the token file {token_file} is empty", hint=TOKEN_HINT
+            )
         return token
     return os.environ.get("HF_TOKEN") or None
 
@@ -106,7 +108,8 @@ def hub_errors(repo: str, revision: str | None, remote: Remote) -> Iterator[None
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status == 401 and remote.token:
             raise ModelPullError(
-                ExitCode.AUTH, f"the Hub refused the token for {repo} (HTTP 401)",
+                ExitCode.AUTH,
+                f"the Hub refused the token for {repo} (HTTP 401)",
                 hint=TOKEN_HINT,
             ) from exc
         raise ModelPullError(
@@ -121,8 +124,9 @@ def hub_errors(repo: str, revision: str | None, remote: Remote) -> Iterator[None
     except hf.HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status in (401, 403):
-            raise ModelPullError(ExitCode.AUTH, f"the Hub refused access to {repo} "
-                                 f"(HTTP {status})", hint=TOKEN_HINT) from exc
+            raise ModelPullError(
+                ExitCode.AUTH, f"the Hub refused access to {repo} (HTTP {status})", hint=TOKEN_HINT
+            ) from exc
         raise ModelPullError(
             ExitCode.UNREACHABLE, f"the Hub at {where} answered with an error: {exc}"
         ) from exc
@@ -146,8 +150,9 @@ def resolve_revision(repo: str, revision: str, remote: Remote) -> str:
         info = _api(remote).model_info(repo, revision=revision)
     sha = getattr(info, "sha", None)
     if not isinstance(sha, str) or not COMMIT_RE.match(sha):
-        raise ModelPullError(ExitCode.REVISION_NOT_FOUND,
-                             f"the Hub gave no commit for {repo}@{revision}")
+        raise ModelPullError(
+            ExitCode.REVISION_NOT_FOUND, f"the Hub gave no commit for {repo}@{revision}"
+        )
     return sha
 
 
@@ -161,12 +166,14 @@ def list_files(repo: str, commit: str, remote: Remote) -> list[RemoteFile]:
             if not isinstance(item, RepoFile):
                 continue
             lfs = item.lfs
-            files.append(RemoteFile(
-                path=item.path,
-                size=int(item.size),
-                git_sha1=item.blob_id,
-                sha256=lfs.sha256 if lfs is not None else None,
-            ))
+            files.append(
+                RemoteFile(
+                    path=item.path,
+                    size=int(item.size),
+                    git_sha1=item.blob_id,
+                    sha256=lfs.sha256 if lfs is not None else None,
+                )
+            )
     return files
 
 
@@ -241,8 +248,15 @@ def download(
     with hub_errors(repo, commit, remote):
         meta = get_hf_file_metadata(url, token=token, endpoint=remote.endpoint)
         if meta.xet_file_data is not None and _xet_available():
-            local = hf_hub_download(repo, f.path, revision=commit, cache_dir=dest_dir / "xet",
-                                    token=token, endpoint=remote.endpoint, tqdm_class=tqdm_class)
+            local = hf_hub_download(
+                repo,
+                f.path,
+                revision=commit,
+                cache_dir=dest_dir / "xet",
+                token=token,
+                endpoint=remote.endpoint,
+                tqdm_class=tqdm_class,
+            )
             os.replace(os.path.realpath(local), final)
             return Downloaded(final, None)
         part = dest_dir / f"{etag}.incomplete"
@@ -254,9 +268,13 @@ def download(
             logger.info("resuming %s at byte %d of %d", f.path, resume, f.size)
         with Sha256Appender(part) as out:
             file_download.http_get(
-                meta.location or url, cast(BinaryIO, out), resume_size=resume,
-                headers=build_hf_headers(token=token), expected_size=f.size,
-                displayed_filename=f.path, tqdm_class=tqdm_class,
+                meta.location or url,
+                cast(BinaryIO, out),
+                resume_size=resume,
+                headers=build_hf_headers(token=token),
+                expected_size=f.size,
+                displayed_filename=f.path,
+                tqdm_class=tqdm_class,
             )
     os.replace(part, final)
     return Downloaded(final, out.sha256.hexdigest())
@@ -275,8 +293,9 @@ def _xet_available() -> bool:
 # request. No weights are downloaded, nothing is written to any cache.
 
 
-def list_files_with_sizes(repo: str, revision: str | None,
-                          remote: Remote | None = None) -> tuple[str, list[tuple[str, int]]]:
+def list_files_with_sizes(
+    repo: str, revision: str | None, remote: Remote | None = None
+) -> tuple[str, list[tuple[str, int]]]:
     """(commit sha, [(path, size)]) of every file in the repo at `revision`."""
     remote = remote or Remote(token=read_token(None))
     commit = resolve_revision(repo, revision or "main", remote)
@@ -288,8 +307,9 @@ def read_small_file(repo: str, path: str, revision: str, remote: Remote | None =
     return read_file_head(repo, path, revision, None, remote)
 
 
-def read_file_head(repo: str, path: str, revision: str, length: int | None,
-                   remote: Remote | None = None) -> bytes:
+def read_file_head(
+    repo: str, path: str, revision: str, length: int | None, remote: Remote | None = None
+) -> bytes:
     """The first `length` bytes of a repo file (all of it for None), by an HTTP Range request.
 
     A server that ignores Range answers 200 with the whole body: the stream stops after `length`.
@@ -304,9 +324,12 @@ def read_file_head(repo: str, path: str, revision: str, length: int | None,
         headers["Range"] = f"bytes=0-{length - 1}"
     chunks: list[bytes] = []
     got = 0
-    with hub_errors(repo, revision, remote), get_session().stream(
-        "GET", url, headers=headers, follow_redirects=True, timeout=30
-    ) as response:
+    with (
+        hub_errors(repo, revision, remote),
+        get_session().stream(
+            "GET", url, headers=headers, follow_redirects=True, timeout=30
+        ) as response,
+    ):
         hf_raise_for_status(response)
         for chunk in response.iter_bytes():
             chunks.append(chunk)

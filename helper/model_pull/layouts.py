@@ -1,4 +1,4 @@
-"""The trees each runtime reads (seed 000, made to really work), built from verified files.
+"""The trees each runtime reads, built from verified files (docs/ARCHITECTURE.md, "An entry").
 
 Weights are hardlinked (downloads) or copied (`package` of someone else's directory) into a
 staging tree; generated files (`refs/main`, `config.pbtxt`, `model-defaults.json`, the entry
@@ -8,55 +8,104 @@ manifest) are written deterministically: same inputs, same bytes, no timestamps,
 from __future__ import annotations
 
 import difflib
-import enum
 import json
 import os
-import re
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model_pull import __version__
+from model_pull.datamodel import (
+    EntryManifest,
+    EntrySpec,
+    FileRecord,
+    Layout,
+    json_bytes,
+    validate_triton_name,
+)
 from model_pull.errors import ExitCode, ModelPullError
-from model_pull.store import ENTRY_MANIFEST
 
-TRITON_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 TOKENIZER_CONFIG = "tokenizer_config.json"
-
-
-class Layout(enum.StrEnum):
-    DUAL = "dual"  # HF cache tree for vLLM/SGLang + Triton model dir, one copy of the bytes
-    SINGLE = "single"  # Triton model dir with weights/ (Triton only)
-    HF = "hf"  # HF cache tree only (SGLang, vLLM)
-    GGUF = "gguf"  # .gguf files for llama-server
 
 
 # vLLM's EngineArgs/AsyncEngineArgs fields accepted in model-defaults.json (Triton's vLLM backend
 # passes 1/model.json to AsyncEngineArgs(**json): an unknown key fails the model load).
 # "model" is not accepted: whoever knows where the entry lives (the Triton unit) adds it.
-VLLM_ENGINE_ARGS = frozenset({
-    "tokenizer", "tokenizer_mode", "trust_remote_code", "download_dir", "load_format",
-    "config_format", "dtype", "kv_cache_dtype", "seed", "max_model_len",
-    "distributed_executor_backend", "pipeline_parallel_size", "tensor_parallel_size",
-    "data_parallel_size", "enable_expert_parallel", "max_parallel_loading_workers",
-    "block_size", "enable_prefix_caching", "swap_space", "cpu_offload_gb",
-    "gpu_memory_utilization", "max_num_batched_tokens", "max_num_seqs", "max_logprobs",
-    "disable_log_stats", "revision", "code_revision", "rope_scaling", "rope_theta",
-    "hf_overrides", "tokenizer_revision", "quantization", "enforce_eager",
-    "disable_custom_all_reduce", "limit_mm_per_prompt", "mm_processor_kwargs",
-    "enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras", "enable_chunked_prefill",
-    "speculative_config", "served_model_name", "compilation_config", "kv_transfer_config",
-    "calculate_kv_scales", "generation_config", "override_generation_config",
-    "enable_sleep_mode", "model_impl", "async_scheduling", "skip_tokenizer_init",
-    "enable_prompt_embeds", "num_gpu_blocks_override", "max_num_partial_prefills",
-    "long_prefill_token_threshold", "scheduling_policy", "reasoning_parser",
-    "structured_outputs_config", "disable_log_requests", "enable_log_requests",
-    "max_cudagraph_capture_size", "hf_config_path", "allowed_local_media_path",
-    "disable_sliding_window", "disable_cascade_attn", "logits_processors",
-    "attention_backend", "kv_cache_memory_bytes", "max_seq_len_to_capture",
-})
+VLLM_ENGINE_ARGS = frozenset(
+    {
+        "tokenizer",
+        "tokenizer_mode",
+        "trust_remote_code",
+        "download_dir",
+        "load_format",
+        "config_format",
+        "dtype",
+        "kv_cache_dtype",
+        "seed",
+        "max_model_len",
+        "distributed_executor_backend",
+        "pipeline_parallel_size",
+        "tensor_parallel_size",
+        "data_parallel_size",
+        "enable_expert_parallel",
+        "max_parallel_loading_workers",
+        "block_size",
+        "enable_prefix_caching",
+        "swap_space",
+        "cpu_offload_gb",
+        "gpu_memory_utilization",
+        "max_num_batched_tokens",
+        "max_num_seqs",
+        "max_logprobs",
+        "disable_log_stats",
+        "revision",
+        "code_revision",
+        "rope_scaling",
+        "rope_theta",
+        "hf_overrides",
+        "tokenizer_revision",
+        "quantization",
+        "enforce_eager",
+        "disable_custom_all_reduce",
+        "limit_mm_per_prompt",
+        "mm_processor_kwargs",
+        "enable_lora",
+        "max_loras",
+        "max_lora_rank",
+        "max_cpu_loras",
+        "enable_chunked_prefill",
+        "speculative_config",
+        "served_model_name",
+        "compilation_config",
+        "kv_transfer_config",
+        "calculate_kv_scales",
+        "generation_config",
+        "override_generation_config",
+        "enable_sleep_mode",
+        "model_impl",
+        "async_scheduling",
+        "skip_tokenizer_init",
+        "enable_prompt_embeds",
+        "num_gpu_blocks_override",
+        "max_num_partial_prefills",
+        "long_prefill_token_threshold",
+        "scheduling_policy",
+        "reasoning_parser",
+        "structured_outputs_config",
+        "disable_log_requests",
+        "enable_log_requests",
+        "max_cudagraph_capture_size",
+        "hf_config_path",
+        "allowed_local_media_path",
+        "disable_sliding_window",
+        "disable_cascade_attn",
+        "logits_processors",
+        "attention_backend",
+        "kv_cache_memory_bytes",
+        "max_seq_len_to_capture",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -69,23 +118,6 @@ class Placed:
     sha256: str  # from the Hub's LFS listing, or computed up front for small files
 
 
-@dataclass(frozen=True)
-class Spec:
-    """What to build: everything that determines the entry's bytes."""
-
-    name: str
-    repo: str
-    revision: str
-    layout: Layout
-    triton_name: str | None = None
-    engine_defaults: Mapping[str, Any] = field(default_factory=dict)
-    patch_tokenizer: bool = False
-
-    @property
-    def slug(self) -> str:
-        return "models--" + self.repo.replace("/", "--")
-
-
 def parse_engine_args(pairs: Sequence[str]) -> dict[str, Any]:
     """`KEY=VALUE` pairs (`--vllm-arg`): VALUE is JSON when it parses, else a string."""
     out: dict[str, Any] = {}
@@ -93,8 +125,11 @@ def parse_engine_args(pairs: Sequence[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise ModelPullError(ExitCode.USAGE, f"--vllm-arg {pair!r} is not KEY=VALUE",
-                                 hint="e.g. --vllm-arg gpu_memory_utilization=0.85")
+            raise ModelPullError(
+                ExitCode.USAGE,
+                f"--vllm-arg {pair!r} is not KEY=VALUE",
+                hint="e.g. --vllm-arg gpu_memory_utilization=0.85",
+            )
         try:
             out[key] = json.loads(raw)
         except ValueError:
@@ -107,19 +142,22 @@ def validate_engine_args(args: Mapping[str, Any]) -> None:
     for key in args:
         if key == "model":
             raise ModelPullError(
-                ExitCode.BAD_INPUT, "model-defaults.json must not set 'model'",
+                ExitCode.BAD_INPUT,
+                "model-defaults.json must not set 'model'",
                 hint="the Triton unit adds the absolute weights path itself",
             )
         if key not in VLLM_ENGINE_ARGS:
             close = difflib.get_close_matches(key, VLLM_ENGINE_ARGS, n=1)
             raise ModelPullError(
-                ExitCode.BAD_INPUT, f"{key!r} is not an argument vLLM's AsyncEngineArgs accepts",
+                ExitCode.BAD_INPUT,
+                f"{key!r} is not an argument vLLM's AsyncEngineArgs accepts",
                 hint=f"did you mean {close[0]!r}?" if close else "see vLLM's engine arguments",
             )
 
 
 def config_pbtxt(triton_name: str) -> str:
-    """Triton's model config for the vLLM backend (notes/runtimes.md): decoupled, KIND_MODEL."""
+    """Triton's model config for the vLLM backend: decoupled, KIND_MODEL (the backend's README,
+    https://github.com/triton-inference-server/vllm_backend)."""
     return (
         f'name: "{triton_name}"\n'
         'backend: "vllm"\n'
@@ -129,12 +167,8 @@ def config_pbtxt(triton_name: str) -> str:
     )
 
 
-def _json_bytes(data: Any) -> bytes:
-    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
-
-
 def patch_tokenizer_config(data: bytes) -> bytes | None:
-    """Seed 000: SGLang 0.5.x ships transformers 4.57, which lacks TokenizersBackend."""
+    """SGLang 0.5.x ships transformers 4.57, which has no TokenizersBackend class."""
     if b"TokenizersBackend" not in data:
         return None
     return data.replace(b'"TokenizersBackend"', b'"PreTrainedTokenizerFast"')
@@ -148,38 +182,23 @@ def _place(src: Path, dst: Path, *, link: bool) -> None:
         shutil.copyfile(src, dst)
 
 
-def default_triton_name(spec: Spec) -> str:
-    base = spec.repo.split("/")[-1]
-    return re.sub(r"[^A-Za-z0-9_]", "_", base).lower()
-
-
-def build(
-    staging: Path, spec: Spec, files: Sequence[Placed], *, link: bool,
-    include: Sequence[str] = (), exclude: Sequence[str] = (),
-) -> list[dict[str, Any]]:
-    """Lay out `files` under `staging` for `spec.layout`; returns the manifest's file records."""
+def build(staging: Path, spec: EntrySpec, files: Sequence[Placed], *, link: bool) -> None:
+    """Lay out `files` under `staging` for `spec.layout`, with the entry manifest."""
     layout = spec.layout
-    triton = spec.triton_name or default_triton_name(spec)
-    if layout in (Layout.DUAL, Layout.SINGLE) and not TRITON_NAME_RE.match(triton):
-        raise ModelPullError(ExitCode.BAD_INPUT, f"invalid Triton model name {triton!r}",
-                             hint="use letters, digits, '_', '.', '-'")
+    triton = spec.triton_name
+    if triton is not None and (why := validate_triton_name(triton)):
+        raise ModelPullError(ExitCode.BAD_INPUT, f"invalid Triton model name {triton!r}", hint=why)
     models = staging / "share" / "models"
-    hub_snapshot = models / "hub" / spec.slug / "snapshots" / spec.revision
-    records: list[dict[str, Any]] = []
+    records: list[FileRecord] = []
 
     if layout in (Layout.DUAL, Layout.HF):
         refs = models / "hub" / spec.slug / "refs" / "main"
         refs.parent.mkdir(parents=True)
         refs.write_text(spec.revision)  # 40 hex, no newline: a newline breaks resolution
-        dest_dir = hub_snapshot
-    elif layout is Layout.SINGLE:
-        dest_dir = models / triton / "weights"
-    else:
-        dest_dir = models / "gguf"
 
     for f in sorted(files, key=lambda f: f.path):
-        dst = dest_dir / f.path
-        record: dict[str, Any] = {"path": f.path, "size": f.size, "sha256": f.sha256}
+        dst = staging / spec.file_path(f.path)
+        record: FileRecord = {"path": f.path, "size": f.size, "sha256": f.sha256}
         patched = (
             patch_tokenizer_config(f.source.read_bytes())
             if spec.patch_tokenizer and Path(f.path).name == TOKENIZER_CONFIG
@@ -193,42 +212,15 @@ def build(
             _place(f.source, dst, link=link)
         records.append(record)
 
-    if layout in (Layout.DUAL, Layout.SINGLE):
+    if triton is not None:
         tdir = models / triton
         tdir.mkdir(parents=True, exist_ok=True)
         (tdir / "config.pbtxt").write_text(config_pbtxt(triton))
         validate_engine_args(spec.engine_defaults)
-        (tdir / "model-defaults.json").write_bytes(_json_bytes(dict(spec.engine_defaults)))
+        (tdir / "model-defaults.json").write_bytes(json_bytes(dict(spec.engine_defaults)))
         if layout is Layout.DUAL:
-            os.symlink(Path("..") / "hub" / spec.slug / "snapshots" / spec.revision,
-                       tdir / "weights")
+            os.symlink(
+                Path("..") / "hub" / spec.slug / "snapshots" / spec.revision, tdir / "weights"
+            )
 
-    manifest = {
-        "tool": f"model-pull {__version__}",
-        "name": spec.name,
-        "repo": spec.repo,
-        "revision": spec.revision,
-        "layout": str(layout),
-        "tritonName": triton if layout in (Layout.DUAL, Layout.SINGLE) else None,
-        "engineDefaults": dict(spec.engine_defaults),
-        "patchTokenizer": spec.patch_tokenizer,
-        "include": list(include),
-        "exclude": list(exclude),
-        "files": records,
-    }
-    path = staging / ENTRY_MANIFEST
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(_json_bytes(manifest))
-    return records
-
-
-def entry_file_paths(spec: Spec, rel: str) -> str:
-    """Where a repo file `rel` lands inside the entry (relative to the entry root)."""
-    triton = spec.triton_name or default_triton_name(spec)
-    match spec.layout:
-        case Layout.DUAL | Layout.HF:
-            return f"share/models/hub/{spec.slug}/snapshots/{spec.revision}/{rel}"
-        case Layout.SINGLE:
-            return f"share/models/{triton}/weights/{rel}"
-        case Layout.GGUF:
-            return f"share/models/gguf/{rel}"
+    EntryManifest(spec, tuple(records)).write(staging)

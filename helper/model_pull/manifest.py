@@ -12,21 +12,16 @@ from __future__ import annotations
 import enum
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from model_pull.compat import Runtime
+from model_pull.datamodel import DEFAULT_ROOT, Layout, Runtime, manifest_path, resolve_root
 from model_pull.errors import ExitCode, ModelPullError
-from model_pull.layouts import Layout
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PATH = Path("/etc/inference/models.json")
-DEFAULT_ROOT = Path("/var/lib/inference")
-MANIFEST_ENV = "MODEL_PULL_MANIFEST"
 VERSION = 1
 _E = TypeVar("_E", bound=enum.Enum)
 _HINT = (
@@ -76,27 +71,56 @@ class Manifest:
     units: dict[str, DeclaredUnit]
 
     @classmethod
-    def default_path(cls) -> Path:
-        return Path(os.environ.get(MANIFEST_ENV) or DEFAULT_PATH)
-
-    @classmethod
     def load(cls, path: Path | None = None) -> Manifest:
-        path = path or cls.default_path()
+        """The manifest at `path`, else $MODEL_PULL_MANIFEST, else /etc/inference/models.json."""
+        path = path or manifest_path()
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise ModelPullError(
-                ExitCode.BAD_MANIFEST, f"no manifest at {path}",
+                ExitCode.BAD_MANIFEST,
+                f"no manifest at {path}",
                 hint="enable services.inference on this machine, or set MODEL_PULL_MANIFEST",
             ) from exc
         except OSError as exc:
-            raise ModelPullError(ExitCode.BAD_MANIFEST,
-                                 f"cannot read manifest {path}: {exc.strerror}",
-                                 hint="run as root, or set MODEL_PULL_MANIFEST") from exc
+            raise ModelPullError(
+                ExitCode.BAD_MANIFEST,
+                f"cannot read manifest {path}: {exc.strerror}",
+                hint="run as root, or set MODEL_PULL_MANIFEST",
+            ) from exc
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelPullError(ExitCode.BAD_MANIFEST, f"manifest {path} is not JSON: {exc}",
-                                 hint=_HINT) from exc
+            raise ModelPullError(
+                ExitCode.BAD_MANIFEST, f"manifest {path} is not JSON: {exc}", hint=_HINT
+            ) from exc
         return _Reader(path).manifest(data)
+
+    @classmethod
+    def load_optional(cls) -> Manifest | None:
+        """The manifest when there is one (a NixOS machine with services.inference), else None.
+        A manifest that exists but cannot be read is an error, not None."""
+        path = manifest_path()
+        if not path.exists() and not path.is_symlink():
+            return None
+        return cls.load(path)
+
+    def unit_serving(self, name: str, runtime: Runtime | None = None) -> DeclaredUnit | None:
+        """The first unit (by name) that serves model `name`, with `runtime` when given."""
+        for unit in sorted(self.units):
+            declared = self.units[unit]
+            if name in declared.models and runtime in (None, declared.runtime):
+                return declared
+        return None
+
+
+def state_root(option: Path | None = None) -> Path:
+    """The state root of every command (datamodel.resolve_root): --root, then $MODEL_PULL_ROOT,
+    then the manifest's root, then /var/lib/inference."""
+
+    def declared() -> Path | None:
+        manifest = Manifest.load_optional()
+        return manifest.root if manifest else None
+
+    return resolve_root(option, declared)
 
 
 class _Reader:
@@ -106,16 +130,25 @@ class _Reader:
         self.path = path
 
     def fail(self, where: str, what: str) -> ModelPullError:
-        return ModelPullError(ExitCode.BAD_MANIFEST, f"manifest {self.path}: {where} {what}",
-                              hint=_HINT)
+        return ModelPullError(
+            ExitCode.BAD_MANIFEST, f"manifest {self.path}: {where} {what}", hint=_HINT
+        )
 
     def obj(self, value: Any, where: str) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.fail(where, "must be an object")
         return value
 
-    def get(self, obj: Mapping[str, Any], key: str, where: str, kind: type, *,
-            default: Any = ..., nullable: bool = False) -> Any:
+    def get(
+        self,
+        obj: Mapping[str, Any],
+        key: str,
+        where: str,
+        kind: type,
+        *,
+        default: Any = ...,
+        nullable: bool = False,
+    ) -> Any:
         if key not in obj:
             if default is ...:
                 raise self.fail(_join(where, key), "is missing")
@@ -158,8 +191,9 @@ class _Reader:
         }
         units = {
             name: self.unit(name, self.obj(spec, f"units.{name}"))
-            for name, spec in self.obj(self.get(top, "units", "", dict, default={}),
-                                       "units").items()
+            for name, spec in self.obj(
+                self.get(top, "units", "", dict, default={}), "units"
+            ).items()
         }
         for model in models.values():
             for unit in model.units:
@@ -168,8 +202,7 @@ class _Reader:
         for declared in units.values():
             for name in declared.models:
                 if name not in models:
-                    raise self.fail(f"units.{declared.name}.models",
-                                    f"names {name}, not in models")
+                    raise self.fail(f"units.{declared.name}.models", f"names {name}, not in models")
         return Manifest(
             path=self.path,
             root=Path(self.get(top, "root", "", str, default=str(DEFAULT_ROOT))),
@@ -224,6 +257,11 @@ def _join(where: str, key: str) -> str:
 
 
 def _kind_name(kind: type, nullable: bool) -> str:
-    name = {str: "a string", int: "an integer", bool: "true or false", list: "a list",
-            dict: "an object"}.get(kind, kind.__name__)
+    name = {
+        str: "a string",
+        int: "an integer",
+        bool: "true or false",
+        list: "a list",
+        dict: "an object",
+    }.get(kind, kind.__name__)
     return f"{name} or null" if nullable else name

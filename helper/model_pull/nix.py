@@ -26,20 +26,38 @@ def add_entry(entry: Entry, *, store_uri: str | None, gc_root: Path) -> str:
     a hardlinked view named `<name>` is added (no bytes are copied here).
     """
     if process.which("nix-store") is None:
-        raise ModelPullError(ExitCode.NIX, "nix-store is not installed",
-                             hint="install Nix, or drop --store nix")
+        raise ModelPullError(
+            ExitCode.NIX, "nix-store is not installed", hint="install Nix, or drop --store nix"
+        )
     with tempfile.TemporaryDirectory(dir=entry.path.parent.parent / "staging") as tmp:
         view = Path(tmp) / entry.name
         _link_tree(entry.path, view)
-        out = process.run(["nix-store", *_store_args(store_uri), "--add", str(view)],
-                          check=True, error_code=ExitCode.NIX)
+        out = process.run(
+            ["nix-store", *_store_args(store_uri), "--add", str(view)],
+            check=True,
+            error_code=ExitCode.NIX,
+        )
     store_path = out.stdout.strip().splitlines()[-1]
     if Path(store_path).name != entry.basename:
-        raise ModelPullError(ExitCode.NIX, f"Nix named the entry {store_path}, expected "
-                             f"{entry.basename}", hint="report this: the NAR hashes disagree")
+        raise ModelPullError(
+            ExitCode.NIX,
+            f"Nix named the entry {store_path}, expected {entry.basename}",
+            hint="report this: the NAR hashes disagree",
+        )
     gc_root.parent.mkdir(parents=True, exist_ok=True)
-    process.run(["nix-store", *_store_args(store_uri), "--realise", store_path,
-                 "--add-root", str(gc_root), "--indirect"], check=True, error_code=ExitCode.NIX)
+    process.run(
+        [
+            "nix-store",
+            *_store_args(store_uri),
+            "--realise",
+            store_path,
+            "--add-root",
+            str(gc_root),
+            "--indirect",
+        ],
+        check=True,
+        error_code=ExitCode.NIX,
+    )
     return store_path
 
 

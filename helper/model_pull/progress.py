@@ -14,8 +14,9 @@ class Progress:
     """Aggregates huggingface_hub's per-file byte counts into two bars: files and bytes."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty() and not os.environ.get(
-            "HF_HUB_DISABLE_PROGRESS_BARS")
+        self.enabled = (
+            enabled and sys.stderr.isatty() and not os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+        )
         self._lock = threading.Lock()
         self._files: tqdm[Any] | None = None
         self._bytes: tqdm[Any] | None = None
@@ -32,8 +33,15 @@ class Progress:
             return
         if files:
             self._files = tqdm(total=files, desc="files", unit="file", position=0, leave=False)
-            self._bytes = tqdm(total=total_bytes, desc="download", unit="B", unit_scale=True,
-                               unit_divisor=1024, position=1, leave=False)
+            self._bytes = tqdm(
+                total=total_bytes,
+                desc="download",
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                position=1,
+                leave=False,
+            )
 
     def add_bytes(self, n: int) -> None:
         if self._bytes is not None:
@@ -49,8 +57,15 @@ class Progress:
         if not self.enabled:
             return
         if self._hash is None:
-            self._hash = tqdm(total=self._hash_total, desc="verify+hash", unit="B",
-                              unit_scale=True, unit_divisor=1024, position=2, leave=False)
+            self._hash = tqdm(
+                total=self._hash_total,
+                desc="verify+hash",
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                position=2,
+                leave=False,
+            )
         self._hash.update(n)
 
     def close(self) -> None:

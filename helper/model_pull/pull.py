@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from model_pull import hub, layouts
+from model_pull.datamodel import ENTRY_FORMAT, EntrySpec, FileRecord, Layout
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.hashing import (
     Hasher,
@@ -33,9 +34,10 @@ from model_pull.hashing import (
     sha256_file,
     valid_store_name,
 )
-from model_pull.layouts import Layout, Placed, Spec
+from model_pull.layouts import Placed
+from model_pull.output import InstalledJson
 from model_pull.progress import Progress
-from model_pull.store import Entry, StateRoot, os_errors, remove_tree, sanitize_sri
+from model_pull.store import Entry, StateRoot, os_errors, remove_tree
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +58,27 @@ class Options:
     patch_tokenizer: bool = False
     expect_nar: str | None = None  # a pinned narHash (SRI): anything else is refused
 
+    def spec(self, repo: str, revision: str) -> EntrySpec:
+        """The entry these options make of `repo` at `revision` (a commit)."""
+        return EntrySpec(
+            repo,
+            revision,
+            self.layout,
+            self.include,
+            self.exclude,
+            self.triton_name,
+            self.engine_defaults,
+            self.patch_tokenizer,
+        )
+
     def model_name(self, repo: str) -> str:
         name = self.name or repo.split("/")[-1]
         if not valid_store_name(name):
-            raise ModelPullError(ExitCode.BAD_INPUT, f"{name!r} cannot be a model name",
-                                 hint="use --name with letters, digits and + - . _ ? =")
+            raise ModelPullError(
+                ExitCode.BAD_INPUT,
+                f"{name!r} cannot be a model name",
+                hint="use --name with letters, digits and + - . _ ? =",
+            )
         return name
 
 
@@ -72,15 +90,21 @@ class Installed:
     layout: Layout
     entry: Entry
     nar_hash: str
-    files: list[dict[str, Any]]
+    files: Sequence[FileRecord]
     previous: Entry | None
     changed: bool
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> InstalledJson:
         return {
-            "name": self.name, "repo": self.repo, "revision": self.revision,
-            "layout": str(self.layout), "path": str(self.entry.path), "narHash": self.nar_hash,
-            "storeName": self.entry.basename, "files": self.files, "changed": self.changed,
+            "name": self.name,
+            "repo": self.repo,
+            "revision": self.revision,
+            "layout": str(self.layout),
+            "path": str(self.entry.path),
+            "narHash": self.nar_hash,
+            "storeName": self.entry.basename,
+            "files": list(self.files),
+            "changed": self.changed,
             "previous": str(self.previous.path) if self.previous else None,
         }
 
@@ -94,8 +118,11 @@ def _match(path: str, patterns: Sequence[str]) -> bool:
 
 def select(files: Sequence[hub.RemoteFile], options: Options) -> list[hub.RemoteFile]:
     include = options.include or (("*.gguf",) if options.layout is Layout.GGUF else ())
-    chosen = [f for f in files
-              if (not include or _match(f.path, include)) and not _match(f.path, options.exclude)]
+    chosen = [
+        f
+        for f in files
+        if (not include or _match(f.path, include)) and not _match(f.path, options.exclude)
+    ]
     if not chosen:
         raise ModelPullError(
             ExitCode.NO_MATCH,
@@ -109,9 +136,11 @@ def refuse_unsafe(paths: Sequence[str]) -> None:
     for path in paths:
         why = hub.check_safe_path(path)
         if why:
-            raise ModelPullError(ExitCode.UNSAFE_LISTING,
-                                 f"refusing the listing: unsafe file name {path!r} ({why})",
-                                 hint="nothing was written; report the repository")
+            raise ModelPullError(
+                ExitCode.UNSAFE_LISTING,
+                f"refusing the listing: unsafe file name {path!r} ({why})",
+                hint="nothing was written; report the repository",
+            )
 
 
 # --- the shared tail: lay out, verify + hash, install -------------------------------------
@@ -125,10 +154,13 @@ class _Expect:
 
 
 def _verify_and_hash(
-    staging: Path, spec: Spec, placed: Sequence[Placed], expected: dict[str, _Expect],
+    staging: Path,
+    spec: EntrySpec,
+    placed: Sequence[Placed],
+    expected: dict[str, _Expect],
     progress: Progress,
 ) -> NarResult:
-    by_entry_path = {layouts.entry_file_paths(spec, p.path): p.path for p in placed}
+    by_entry_path = {spec.file_path(p.path): p.path for p in placed}
 
     def on_file(rel: str, size: int) -> list[Hasher]:
         repo_path = by_entry_path.get(rel)
@@ -153,95 +185,130 @@ def _verify_and_hash(
 
 def _mismatch(path: str, kind: str, want: str, got: str) -> ModelPullError:
     return ModelPullError(
-        ExitCode.HASH_MISMATCH, f"{path}: {kind} mismatch: expected {want}, got {got}",
+        ExitCode.HASH_MISMATCH,
+        f"{path}: {kind} mismatch: expected {want}, got {got}",
         hint="the download was discarded; pull again (report the mirror if it repeats)",
     )
 
 
 def _finish(
-    root: StateRoot, staging: Path, spec: Spec, placed: Sequence[Placed],
-    expected: dict[str, _Expect], records: list[dict[str, Any]], options: Options,
-    progress: Progress, extra_record: dict[str, Any],
+    root: StateRoot,
+    staging: Path,
+    name: str,
+    spec: EntrySpec,
+    placed: Sequence[Placed],
+    expected: dict[str, _Expect],
+    options: Options,
+    progress: Progress,
+    extra_record: dict[str, Any],
 ) -> Installed:
     t0 = time.monotonic()
     nar = _verify_and_hash(staging, spec, placed, expected, progress)
     logger.info("verified and hashed %d bytes in %.2f s", nar.size, time.monotonic() - t0)
     if options.expect_nar and nar.sri != options.expect_nar:
-        raise ModelPullError(
-            ExitCode.PIN_MISMATCH,
-            f"{spec.name}: content hash {nar.sri} differs from the pinned narHash "
-            f"{options.expect_nar}",
-            hint="the revision or file selection changed; update narHash if this is intended",
-        )
-    entry = root.install(staging, spec.name, nar)
-    previous = root.switch(spec.name, entry)
-    root.link_by_hash(nar.sri, entry)
-    root.record({"name": spec.name, "repo": spec.repo, "revision": spec.revision,
-                 "narHash": nar.sri, "entry": entry.basename, **extra_record})
+        raise pin_mismatch(spec, nar.sri, options.expect_nar)
+    entry = root.install(staging, name, nar)
+    previous = root.switch(name, entry)
+    if options.expect_nar:
+        root.link_by_hash(nar.sri, entry)
+    root.record(
+        {
+            "name": name,
+            "repo": spec.repo,
+            "revision": spec.revision,
+            "narHash": nar.sri,
+            "entry": entry.basename,
+            **extra_record,
+        }
+    )
     changed = previous is None or previous.basename != entry.basename
-    return Installed(spec.name, spec.repo, spec.revision, spec.layout, entry, nar.sri, records,
-                     previous, changed)
+    return Installed(
+        name,
+        spec.repo,
+        spec.revision,
+        spec.layout,
+        entry,
+        nar.sri,
+        entry.manifest().files,
+        previous,
+        changed,
+    )
 
 
-def up_to_date(root: StateRoot, name: str, repo: str, revision: str,
-               options: Options) -> Installed | None:
-    """The current entry when it is exactly what was asked for (no network needed)."""
+def pin_mismatch(spec: EntrySpec, got: str, pinned: str) -> ModelPullError:
+    return ModelPullError(
+        ExitCode.PIN_MISMATCH,
+        f"{spec.repo}@{spec.revision[:12]} (layout {spec.layout}) hashes to {got}, not to the "
+        f"pinned narHash {pinned}; nothing was installed",
+        hint=f'if the declaration is what you want, pin narHash = "{got}", which model-pull '
+        "prefetch prints with the whole declaration; a pin made by a model-pull with another "
+        f"entry format changes too, this one writes format {ENTRY_FORMAT}",
+    )
+
+
+def up_to_date(root: StateRoot, name: str, spec: EntrySpec, options: Options) -> Installed | None:
+    """The current entry when it is exactly `spec`, in this entry format (no network needed)."""
     entry = root.current(name)
-    if entry is None or not hub.COMMIT_RE.match(revision):
+    if entry is None or not hub.COMMIT_RE.match(spec.revision):
         return None
     try:
-        m = entry.manifest()
+        manifest = entry.manifest()
     except (OSError, ValueError):
         return None
-    wanted = {
-        "repo": repo, "revision": revision, "layout": str(options.layout),
-        "engineDefaults": options.engine_defaults, "patchTokenizer": options.patch_tokenizer,
-        "include": list(options.include), "exclude": list(options.exclude),
-    }
-    if any(m.get(k) != v for k, v in wanted.items()):
+    if manifest.spec != spec or manifest.format != ENTRY_FORMAT:
         return None
-    if options.triton_name and m.get("tritonName") != options.triton_name:
+    nar = root.nar_hash_of(entry)
+    if nar is None or options.expect_nar not in (None, nar):
         return None
-    rec = root.last_record(name)
-    nar = rec.get("narHash") if rec and rec.get("entry") == entry.basename else None
-    if not isinstance(nar, str):
-        return None
-    if options.expect_nar and (nar != options.expect_nar
-                               or not (root.by_hash / sanitize_sri(nar)).exists()):
-        return None
-    return Installed(name, repo, revision, options.layout, entry, nar, m.get("files", []),
-                     entry, changed=False)
+    return Installed(
+        name,
+        spec.repo,
+        spec.revision,
+        spec.layout,
+        entry,
+        nar,
+        manifest.files,
+        entry,
+        changed=False,
+    )
 
 
 # --- fetch --------------------------------------------------------------------------------
 
 
 def fetch(
-    repo: str, revision: str, options: Options, root: StateRoot, remote: hub.Remote, *,
-    progress: Progress, wait: bool = True,
+    repo: str,
+    revision: str,
+    options: Options,
+    root: StateRoot,
+    remote: hub.Remote,
+    *,
+    progress: Progress,
+    wait: bool = True,
     preflight: Callable[[str, list[hub.RemoteFile]], None] | None = None,
 ) -> Installed:
     name = options.model_name(repo)
     if hub.COMMIT_RE.match(revision):
-        done = up_to_date(root, name, repo, revision, options)
+        done = up_to_date(root, name, options.spec(repo, revision), options)
         if done is not None:
-            return done
+            return _pinned(root, done, options, wait)
     commit = hub.resolve_revision(repo, revision, remote)
+    spec = options.spec(repo, commit)
     # The commit and the options decide the entry: a branch that did not move costs one request.
-    done = up_to_date(root, name, repo, commit, options)
+    done = up_to_date(root, name, spec, options)
     if done is not None:
-        return done
+        return _pinned(root, done, options, wait)
     listing = hub.list_files(repo, commit, remote)
     refuse_unsafe([f.path for f in listing])
     chosen = select(listing, options)
     if preflight is not None:
         preflight(commit, chosen)
     with root.lock(wait=wait), os_errors("download and install", root.path):
-        done = up_to_date(root, name, repo, commit, options)
+        done = up_to_date(root, name, spec, options)
         if done is not None:
+            if options.expect_nar:
+                root.link_by_hash(options.expect_nar, done.entry)
             return done
-        spec = Spec(name, repo, commit, options.layout, options.triton_name,
-                    options.engine_defaults, options.patch_tokenizer)
         _ensure_space(root, sum(f.size for f in chosen))
         progress.start(len(chosen), sum(f.size for f in chosen))
         t0 = time.monotonic()
@@ -267,10 +334,10 @@ def fetch(
                 placed.append(Placed(f.path, blob, f.size, sha256))
         staging = root.new_staging(name)
         try:
-            records = layouts.build(staging, spec, placed, link=True,
-                                    include=options.include, exclude=options.exclude)
-            installed = _finish(root, staging, spec, placed, expected, records, options,
-                                progress, {"source": "hub"})
+            layouts.build(staging, spec, placed, link=True)
+            installed = _finish(
+                root, staging, name, spec, placed, expected, options, progress, {"source": "hub"}
+            )
         except ModelPullError as exc:
             remove_tree(staging)
             if exc.code is ExitCode.HASH_MISMATCH:
@@ -287,6 +354,14 @@ def fetch(
         return installed
 
 
+def _pinned(root: StateRoot, done: Installed, options: Options, wait: bool) -> Installed:
+    """An up-to-date entry that is pinned now: make sure its by-hash/ gate exists."""
+    if options.expect_nar and not root.pin_link(options.expect_nar).exists():
+        with root.lock(wait=wait):
+            root.link_by_hash(options.expect_nar, done.entry)
+    return done
+
+
 def _ensure_space(root: StateRoot, needed: int) -> None:
     free = shutil.disk_usage(root.path).free
     if free < needed:
@@ -299,8 +374,12 @@ def _ensure_space(root: StateRoot, needed: int) -> None:
 
 
 def _download_all(
-    repo: str, commit: str, files: Sequence[hub.RemoteFile], root: StateRoot,
-    remote: hub.Remote, progress: Progress,
+    repo: str,
+    commit: str,
+    files: Sequence[hub.RemoteFile],
+    root: StateRoot,
+    remote: hub.Remote,
+    progress: Progress,
 ) -> dict[str, hub.Downloaded]:
     tqdm_class = progress.tqdm_class()
 
@@ -350,19 +429,24 @@ class LocalSource:
 def read_source(src: Path, repo: str | None, revision: str | None) -> LocalSource:
     """A plain directory, or an HF cache `models--org--name` tree with its snapshots."""
     if not src.is_dir():
-        raise ModelPullError(ExitCode.BAD_INPUT, f"{src} is not a directory",
-                             hint="give a model directory or an HF cache models--org--name tree")
+        raise ModelPullError(
+            ExitCode.BAD_INPUT,
+            f"{src} is not a directory",
+            hint="give a model directory or an HF cache models--org--name tree",
+        )
     if (src / "snapshots").is_dir() and src.name.startswith("models--"):
-        cache_repo = src.name[len("models--"):].replace("--", "/", 1)
+        cache_repo = src.name[len("models--") :].replace("--", "/", 1)
         ref = src / "refs" / "main"
         commit = revision or (ref.read_text().strip() if ref.exists() else None)
         snaps = sorted(p.name for p in (src / "snapshots").iterdir())
         if commit is None and len(snaps) == 1:
             commit = snaps[0]
         if commit is None or not (src / "snapshots" / commit).is_dir():
-            raise ModelPullError(ExitCode.REVISION_NOT_FOUND,
-                                 f"{src}: no snapshot for revision {commit or 'main'}",
-                                 hint=f"give --revision, one of: {', '.join(snaps) or 'none'}")
+            raise ModelPullError(
+                ExitCode.REVISION_NOT_FOUND,
+                f"{src}: no snapshot for revision {commit or 'main'}",
+                hint=f"give --revision, one of: {', '.join(snaps) or 'none'}",
+            )
         base = src / "snapshots" / commit
         files = _walk_files(base)
         expected: dict[str, _Expect] = {}
@@ -387,8 +471,11 @@ def _walk_files(base: Path) -> dict[str, Path]:
             rel = p.relative_to(base).as_posix()
             real = Path(os.path.realpath(p))
             if not real.is_file():
-                raise ModelPullError(ExitCode.BAD_INPUT, f"{p} is not a regular file",
-                                     hint="dangling symlink or special file in the source")
+                raise ModelPullError(
+                    ExitCode.BAD_INPUT,
+                    f"{p} is not a regular file",
+                    hint="dangling symlink or special file in the source",
+                )
             out[rel] = real
     if not out:
         raise ModelPullError(ExitCode.NO_MATCH, f"{base} has no files")
@@ -396,19 +483,27 @@ def _walk_files(base: Path) -> dict[str, Path]:
 
 
 def package(
-    src: Path, options: Options, root: StateRoot, *, repo: str | None = None,
-    revision: str | None = None, progress: Progress, wait: bool = True,
+    src: Path,
+    options: Options,
+    root: StateRoot,
+    *,
+    repo: str | None = None,
+    revision: str | None = None,
+    progress: Progress,
+    wait: bool = True,
 ) -> Installed:
     source = read_source(src, repo, revision)
     if not hub.COMMIT_RE.match(source.revision):
-        raise ModelPullError(ExitCode.BAD_INPUT, f"revision {source.revision!r} is not a "
-                             "40-hex commit", hint="give --revision COMMIT")
+        raise ModelPullError(
+            ExitCode.BAD_INPUT,
+            f"revision {source.revision!r} is not a 40-hex commit",
+            hint="give --revision COMMIT",
+        )
     refuse_unsafe(list(source.files))
     listing = [hub.RemoteFile(p, f.stat().st_size, "", None) for p, f in source.files.items()]
     chosen = {f.path for f in select(listing, options)}
     name = options.model_name(source.repo)
-    spec = Spec(name, source.repo, source.revision, options.layout, options.triton_name,
-                options.engine_defaults, options.patch_tokenizer)
+    spec = options.spec(source.repo, source.revision)
     with root.lock(wait=wait), os_errors("package", root.path):
         placed = []
         expected = {k: v for k, v in source.expected.items() if k in chosen}
@@ -421,9 +516,10 @@ def package(
                 if exp is not None and exp.git_sha1:
                     got = git_blob_sha1(path.read_bytes()) if size <= SMALL_FILE else None
                     if got is not None and got != exp.git_sha1:
-                        raise ModelPullError(ExitCode.HASH_MISMATCH,
-                                             f"{rel}: git blob sha1 mismatch: expected "
-                                             f"{exp.git_sha1}, got {got}")
+                        raise ModelPullError(
+                            ExitCode.HASH_MISMATCH,
+                            f"{rel}: git blob sha1 mismatch: expected {exp.git_sha1}, got {got}",
+                        )
                     expected.pop(rel)
             else:
                 sha256 = exp.sha256
@@ -431,10 +527,10 @@ def package(
         progress.start(0, sum(p.size for p in placed))
         staging = root.new_staging(name)
         try:
-            records = layouts.build(staging, spec, placed, link=False,
-                                    include=options.include, exclude=options.exclude)
-            return _finish(root, staging, spec, placed, expected, records, options, progress,
-                           {"source": str(src)})
+            layouts.build(staging, spec, placed, link=False)
+            return _finish(
+                root, staging, name, spec, placed, expected, options, progress, {"source": str(src)}
+            )
         except BaseException:
             remove_tree(staging)
             raise

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model_pull.ggufmeta import GgufInfo
+from model_pull.output import QuantizationJson
 
 logger = logging.getLogger(__name__)
 
@@ -62,23 +63,34 @@ class Quantization:
     kv_cache: str | None = None  # a KV-cache quantization the checkpoint declares (e.g. "fp8")
     details: tuple[tuple[str, str], ...] = field(default=())
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> QuantizationJson:
         return {
-            "method": self.method.value, "scheme": self.scheme.value, "algo": self.algo,
-            "weight_bits": self.weight_bits, "activation_bits": self.activation_bits,
-            "dtype": self.dtype, "kv_cache": self.kv_cache, "source": self.source,
+            "method": self.method.value,
+            "scheme": self.scheme.value,
+            "algo": self.algo,
+            "weightBits": self.weight_bits,
+            "activationBits": self.activation_bits,
+            "dtype": self.dtype,
+            "kvCache": self.kv_cache,
+            "source": self.source,
             "details": dict(self.details),
         }
 
 
 _DTYPES = {
-    "bfloat16": Scheme.BF16, "bf16": Scheme.BF16,
-    "float16": Scheme.F16, "fp16": Scheme.F16, "half": Scheme.F16,
-    "float32": Scheme.F32, "fp32": Scheme.F32, "float": Scheme.F32,
+    "bfloat16": Scheme.BF16,
+    "bf16": Scheme.BF16,
+    "float16": Scheme.F16,
+    "fp16": Scheme.F16,
+    "half": Scheme.F16,
+    "float32": Scheme.F32,
+    "fp32": Scheme.F32,
+    "float": Scheme.F32,
 }
 
-# modelopt quant_algo -> (scheme, weight bits, activation bits). Seed 002 lists the export formats;
-# seed 001 gives the bits of each algorithm.
+# modelopt quant_algo -> (scheme, weight bits, activation bits): the formats and bits of NVIDIA
+# Model Optimizer's support matrix
+# (https://nvidia.github.io/TensorRT-Model-Optimizer/guides/0_support_matrix.html).
 _MODELOPT: dict[str, tuple[Scheme, int, int | None]] = {
     "FP8": (Scheme.FP8, 8, 8),
     "FP8_PB": (Scheme.FP8, 8, 8),  # per-block scaling
@@ -104,8 +116,9 @@ def _dtype_of(config: Mapping[str, Any] | None) -> str | None:
 
 
 def _unknown(algo: str, source: str, dtype: str | None, why: str) -> Quantization:
-    return Quantization(Method.UNKNOWN, Scheme.UNKNOWN, algo, source, dtype=dtype,
-                        details=(("why", why),))
+    return Quantization(
+        Method.UNKNOWN, Scheme.UNKNOWN, algo, source, dtype=dtype, details=(("why", why),)
+    )
 
 
 def _modelopt(q: Mapping[str, Any], source: str, dtype: str | None) -> Quantization:
@@ -120,11 +133,16 @@ def _modelopt(q: Mapping[str, Any], source: str, dtype: str | None) -> Quantizat
         return Quantization(Method.MODELOPT, base, "none", source, dtype=dtype, kv_cache=kv_name)
     name = str(algo).upper()
     if name not in _MODELOPT:
-        return _unknown(f"modelopt {algo}", source, dtype,
-                        f"modelopt quant_algo {algo!r} is not one this tool knows")
+        return _unknown(
+            f"modelopt {algo}",
+            source,
+            dtype,
+            f"modelopt quant_algo {algo!r} is not one this tool knows",
+        )
     scheme, wbits, abits = _MODELOPT[name]
-    return Quantization(Method.MODELOPT, scheme, name, source, wbits, abits, dtype, kv_name,
-                        details)
+    return Quantization(
+        Method.MODELOPT, scheme, name, source, wbits, abits, dtype, kv_name, details
+    )
 
 
 def _ct_scheme(group: Mapping[str, Any]) -> tuple[Scheme, int | None, int | None]:
@@ -156,15 +174,30 @@ def _compressed_tensors(q: Mapping[str, Any], source: str, dtype: str | None) ->
         kv_name = "fp8" if kv.get("type") == "float" else "int8"
     fmt = str(q.get("format", ""))
     if len(found) != 1:
-        what = "no config_groups" if not found else "several schemes: " + ", ".join(
-            sorted(s.value for s, _, _ in found))
+        what = (
+            "no config_groups"
+            if not found
+            else "several schemes: " + ", ".join(sorted(s.value for s, _, _ in found))
+        )
         return _unknown(f"compressed-tensors {fmt}".strip(), source, dtype, what)
     scheme, wbits, abits = found.pop()
     if scheme is Scheme.UNKNOWN:
-        return _unknown(f"compressed-tensors {fmt}".strip(), source, dtype,
-                        f"weights {wbits} bits / activations {abits} bits is not a known scheme")
-    return Quantization(Method.COMPRESSED_TENSORS, scheme, fmt or "compressed-tensors", source,
-                        wbits, abits, dtype, kv_name)
+        return _unknown(
+            f"compressed-tensors {fmt}".strip(),
+            source,
+            dtype,
+            f"weights {wbits} bits / activations {abits} bits is not a known scheme",
+        )
+    return Quantization(
+        Method.COMPRESSED_TENSORS,
+        scheme,
+        fmt or "compressed-tensors",
+        source,
+        wbits,
+        abits,
+        dtype,
+        kv_name,
+    )
 
 
 _TORCHAO_FP8 = ("float8", "fp8")
@@ -187,8 +220,15 @@ def _torchao(q: Mapping[str, Any], source: str, dtype: str | None) -> Quantizati
         return Quantization(Method.TORCHAO, Scheme.INT4, name, source, 4, None, dtype)
     if "int8" in low:
         both = "activation" in low
-        return Quantization(Method.TORCHAO, Scheme.INT8 if both else Scheme.W8A16, name, source,
-                            8, 8 if both else None, dtype)
+        return Quantization(
+            Method.TORCHAO,
+            Scheme.INT8 if both else Scheme.W8A16,
+            name,
+            source,
+            8,
+            8 if both else None,
+            dtype,
+        )
     return _unknown(f"torchao {name}".strip(), source, dtype, "torchao quant_type not recognised")
 
 
@@ -208,30 +248,50 @@ def detect(
         method = str(qc.get("quant_method", "")).lower().replace("_", "-")
         bits = qc.get("bits")
         if method == "fp8":
-            details = (("weight_block_size", str(qc["weight_block_size"])),) \
-                if qc.get("weight_block_size") else ()
+            details = (
+                (("weight_block_size", str(qc["weight_block_size"])),)
+                if qc.get("weight_block_size")
+                else ()
+            )
             return Quantization(Method.FP8, Scheme.FP8, "fp8", src, 8, 8, dtype, details=details)
         if method == "fbgemm-fp8":
             return Quantization(Method.FBGEMM_FP8, Scheme.FP8, "fbgemm_fp8", src, 8, 8, dtype)
         if method in ("awq", "awq-marlin"):
             if bits not in (None, 4):
                 return _unknown(f"awq {bits}-bit", src, dtype, "AWQ checkpoints are 4-bit")
-            return Quantization(Method.AWQ, Scheme.INT4, "awq", src, 4, None, dtype,
-                                details=(("group_size", str(qc.get("group_size"))),))
+            return Quantization(
+                Method.AWQ,
+                Scheme.INT4,
+                "awq",
+                src,
+                4,
+                None,
+                dtype,
+                details=(("group_size", str(qc.get("group_size"))),),
+            )
         if method in ("gptq", "gptq-marlin"):
             scheme = {4: Scheme.INT4, 8: Scheme.W8A16}.get(bits or 4)
             if scheme is None:
                 return _unknown(f"gptq {bits}-bit", src, dtype, "only 4- and 8-bit GPTQ are known")
-            return Quantization(Method.GPTQ, scheme, "gptq", src, bits or 4, None, dtype,
-                                details=(("group_size", str(qc.get("group_size"))),))
+            return Quantization(
+                Method.GPTQ,
+                scheme,
+                "gptq",
+                src,
+                bits or 4,
+                None,
+                dtype,
+                details=(("group_size", str(qc.get("group_size"))),),
+            )
         if method == "bitsandbytes":
             four = bool(qc.get("load_in_4bit"))
             eight = bool(qc.get("load_in_8bit"))
             if four == eight:
                 return _unknown("bitsandbytes", src, dtype, "neither load_in_4bit nor load_in_8bit")
             algo = f"bnb 4-bit {qc.get('bnb_4bit_quant_type', 'fp4')}" if four else "bnb 8-bit"
-            return Quantization(Method.BITSANDBYTES, Scheme.BNB, algo, src, 4 if four else 8,
-                                None, dtype)
+            return Quantization(
+                Method.BITSANDBYTES, Scheme.BNB, algo, src, 4 if four else 8, None, dtype
+            )
         if method == "compressed-tensors":
             return _compressed_tensors(qc, src, dtype)
         if method == "modelopt":
@@ -240,8 +300,12 @@ def detect(
             return _torchao(qc, src, dtype)
         if method == "mxfp4":
             return Quantization(Method.MXFP4, Scheme.MXFP4, "mxfp4", src, 4, None, dtype)
-        return _unknown(str(qc.get("quant_method", "?")), src, dtype,
-                        f"quant_method {qc.get('quant_method')!r} is not one this tool knows")
+        return _unknown(
+            str(qc.get("quant_method", "?")),
+            src,
+            dtype,
+            f"quant_method {qc.get('quant_method')!r} is not one this tool knows",
+        )
     if config is None:
         return _unknown("?", "-", None, "no config.json")
     base = _DTYPES.get((dtype or "").lower())
@@ -256,8 +320,9 @@ def detect_gguf(info: GgufInfo) -> Quantization:
     types = ", ".join(f"{name} x{count}" for name, count, _ in info.tensor_types)
     details = (("tensor_types", types),)
     if info.file_type is not None:
-        return Quantization(Method.GGUF, Scheme.GGUF, info.file_type, "GGUF general.file_type",
-                            details=details)
+        return Quantization(
+            Method.GGUF, Scheme.GGUF, info.file_type, "GGUF general.file_type", details=details
+        )
     if not info.tensor_types:
         return Quantization(Method.GGUF, Scheme.UNKNOWN, "?", "GGUF header", details=details)
     # No general.file_type: name the type holding most of the bytes (a fact, not a guess).

@@ -8,10 +8,9 @@ sees which units hold how much GPU memory, i.e. what `systemctl stop UNIT` would
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,12 @@ from typing import Any
 from model_pull import systemd
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.manifest import DeclaredModel, Manifest
+from model_pull.output import ModelStatusJson, StatusJson, UnitStatusJson
+from model_pull.store import StateRoot
+from model_pull.units import UnitState
 
 logger = logging.getLogger(__name__)
 
-ENTRY_MANIFEST = Path("share/model-pull/manifest.json")
-PULLS_LOG = Path("state/pulls.jsonl")
 _FULL_REVISION = re.compile(r"[0-9a-f]{40}")
 
 GpuMemory = Callable[[], Mapping[int, int]]
@@ -32,10 +32,10 @@ GpuMemory = Callable[[], Mapping[int, int]]
 @dataclass(frozen=True)
 class UnitReport:
     unit: str
-    state: systemd.UnitState | None  # None: systemd could not be asked (see Report.bus_error)
+    state: UnitState | None  # None: systemd could not be asked (see Report.bus_error)
     gpu_bytes: int | None  # GPU memory its processes hold; None: no NVML
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> UnitStatusJson:
         s = self.state
         return {
             "unit": self.unit,
@@ -75,7 +75,7 @@ class ModelReport:
             and self.installed_revision != self.revision
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ModelStatusJson:
         return {
             "name": self.name,
             "repo": self.repo,
@@ -99,7 +99,7 @@ class Report:
     bus_error: ModelPullError | None
     gpu_error: str | None  # why there are no GPU numbers ("no NVML: ...")
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> StatusJson:
         return {
             "manifest": str(self.manifest),
             "root": str(self.root),
@@ -112,7 +112,7 @@ class Report:
 def collect(manifest: Manifest, root: Path, *, gpu_memory: GpuMemory | None = None) -> Report:
     """Everything `status` shows. D-Bus and NVML failures are recorded, not raised."""
     all_units = list(dict.fromkeys(u for m in manifest.models.values() for u in m.units))
-    states: dict[str, systemd.UnitState] = {}
+    states: dict[str, UnitState] = {}
     bus_error = None
     if all_units:
         try:
@@ -122,7 +122,7 @@ def collect(manifest: Manifest, root: Path, *, gpu_memory: GpuMemory | None = No
                 raise
             bus_error = exc
     memory, gpu_error = _gpu_memory(gpu_memory or _nvml_process_memory)
-    pulls = _read_pulls(root / PULLS_LOG)
+    state = StateRoot(root)
     models = []
     for model in manifest.models.values():
         units = tuple(
@@ -133,67 +133,32 @@ def collect(manifest: Manifest, root: Path, *, gpu_memory: GpuMemory | None = No
             )
             for u in model.units
         )
-        models.append(_model_report(model, root, pulls, units))
+        models.append(_model_report(model, state, units))
     return Report(manifest.path, root, tuple(models), bus_error, gpu_error)
-
-
-def gate_path(root: Path, model: DeclaredModel) -> Path:
-    """The path the units' conditions look under (docs/ARCHITECTURE.md, `M`)."""
-    if model.nar_hash:
-        return root / "by-hash" / model.nar_hash.replace("/", "_").replace("+", "-")
-    return root / "models" / model.name
-
-
-def render(report: Report) -> str:
-    """Human-readable status, one block per model."""
-    lines = []
-    for m in report.models:
-        if m.entry is None:
-            lines.append(f"{m.name}  missing  (nothing at {m.gate})")
-        else:
-            lines.append(f"{m.name}  present  {m.entry}")
-        detail = f"  {m.repo} @ {m.revision}"
-        if m.pin_differs:
-            detail += f"  (installed: {m.installed_revision}: pull to update)"
-        if m.nar_hash:
-            detail += f"  narHash {m.nar_hash}"
-        if m.pulled_at:
-            detail += f"  pulled {m.pulled_at}"
-        lines.append(detail)
-        for u in m.units:
-            state = u.state.describe() if u.state else "unknown (no bus)"
-            gpu = "" if report.gpu_error else f"  GPU {_human_bytes(u.gpu_bytes or 0)}"
-            lines.append(f"  {u.unit}  {state}{gpu}")
-    if not report.models:
-        lines.append(f"no models declared in {report.manifest}")
-    if report.gpu_error:
-        lines.append(f"GPU memory per unit: {report.gpu_error}")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- internals
 
 
-def _model_report(model: DeclaredModel, root: Path, pulls: Sequence[Mapping[str, Any]],
-                  units: tuple[UnitReport, ...]) -> ModelReport:
-    gate = gate_path(root, model)
-    entry = gate.resolve() if gate.is_dir() else None
+def _model_report(
+    model: DeclaredModel, state: StateRoot, units: tuple[UnitReport, ...]
+) -> ModelReport:
+    gate = state.gate(model.name, model.nar_hash)
+    entry = state.entry_at(gate)
     installed_revision = None
     record: Mapping[str, Any] = {}
     if entry is not None:
-        installed_revision = _entry_revision(entry)
-        # the newest install of this very entry (a rollback points back at an older one)
-        for line in reversed(pulls):
-            if line.get("name") == model.name and Path(str(line.get("entry", ""))).name \
-                    == entry.name:
-                record = line
-                break
+        try:
+            installed_revision = entry.manifest().spec.revision
+        except (OSError, ValueError):
+            logger.warning("%s has no readable entry manifest", entry.path)
+        record = state.record_of(entry) or {}
     return ModelReport(
         name=model.name,
         repo=model.repo,
         revision=model.revision,
         gate=gate,
-        entry=entry,
+        entry=entry.path if entry else None,
         installed_revision=installed_revision,
         nar_hash=_opt_str(record.get("narHash")),
         pulled_at=_opt_str(record.get("time")),
@@ -201,39 +166,11 @@ def _model_report(model: DeclaredModel, root: Path, pulls: Sequence[Mapping[str,
     )
 
 
-def _entry_revision(entry: Path) -> str | None:
-    try:
-        data = json.loads((entry / ENTRY_MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        logger.warning("%s has no readable %s", entry, ENTRY_MANIFEST)
-        return None
-    return _opt_str(data.get("revision")) if isinstance(data, dict) else None
-
-
-def _read_pulls(path: Path) -> list[dict[str, Any]]:
-    """state/pulls.jsonl, one JSON object a line; unreadable lines are skipped."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return []
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            logger.debug("%s:%d is not JSON, skipped", path, number)
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
 def _opt_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _unit_gpu_bytes(state: systemd.UnitState | None, memory: Mapping[int, int] | None
-                    ) -> int | None:
+def _unit_gpu_bytes(state: UnitState | None, memory: Mapping[int, int] | None) -> int | None:
     if memory is None:
         return None
     if state is None:
@@ -253,12 +190,3 @@ def _nvml_process_memory() -> Mapping[int, int]:
     from model_pull.gpu import process_memory
 
     return process_memory()
-
-
-def _human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")

@@ -24,23 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from model_pull.datamodel import EntryManifest, RootPaths
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.hashing import NarResult, store_basename
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_ROOT = Path("/var/lib/inference")
-ENTRY_MANIFEST = Path("share/model-pull/manifest.json")
-
-
-def sanitize_sri(nar_sri: str) -> str:
-    """The file name `by-hash/` uses for a narHash (SRI base64 has '/' and '+')."""
-    return nar_sri.replace("/", "_").replace("+", "-")
-
-
-def default_root() -> Path:
-    env = os.environ.get("MODEL_PULL_ROOT")
-    return Path(env) if env else DEFAULT_ROOT
 
 
 @contextlib.contextmanager
@@ -50,14 +38,16 @@ def os_errors(what: str, root: Path) -> Iterator[None]:
         yield
     except PermissionError as exc:
         raise ModelPullError(
-            ExitCode.PERMISSION, f"no permission to {what} under {root}: {exc.strerror}",
+            ExitCode.PERMISSION,
+            f"no permission to {what} under {root}: {exc.strerror}",
             hint="run it as root: sudo model-pull ...",
         ) from exc
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise ModelPullError(
-                ExitCode.DISK_FULL, f"no space left on the device holding {root} while "
-                f"trying to {what}", hint="free space (model-pull gc) or use --root elsewhere",
+                ExitCode.DISK_FULL,
+                f"no space left on the device holding {root} while trying to {what}",
+                hint="free space (model-pull gc) or use --root elsewhere",
             ) from exc
         raise
 
@@ -74,9 +64,9 @@ class Entry:
     def name(self) -> str:
         return self.path.name.split("-", 1)[1]
 
-    def manifest(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.path / ENTRY_MANIFEST).read_text())
-        return data
+    def manifest(self) -> EntryManifest:
+        """Its share/model-pull/manifest.json; OSError or ValueError when unreadable."""
+        return EntryManifest.read(self.path)
 
 
 def make_readonly(path: Path) -> None:
@@ -110,24 +100,21 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path)
 
 
-class StateRoot:
-    """The directories under one root (see docs/ARCHITECTURE.md)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.store = path / "store"
-        self.models = path / "models"
-        self.by_hash = path / "by-hash"
-        self.cache = path / "cache"
-        self.staging = path / "staging"
-        self.state = path / "state"
+class StateRoot(RootPaths):
+    """What model-pull does under one root (the paths: datamodel.RootPaths)."""
 
     def ensure(self) -> StateRoot:
         with os_errors("create the state directories", self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             # Runtimes read entries through models/ and by-hash/: world-readable, like /nix/store.
-            for d, mode in ((self.store, 0o755), (self.models, 0o755), (self.by_hash, 0o755),
-                            (self.cache, 0o700), (self.staging, 0o700), (self.state, 0o755)):
+            for d, mode in (
+                (self.store, 0o755),
+                (self.models, 0o755),
+                (self.by_hash, 0o755),
+                (self.cache, 0o700),
+                (self.staging, 0o700),
+                (self.state, 0o755),
+            ):
                 d.mkdir(exist_ok=True)
                 os.chmod(d, mode)
         return self
@@ -138,7 +125,7 @@ class StateRoot:
     def lock(self, *, wait: bool = True) -> Iterator[None]:
         """One pull per root. A second one waits (and says so), or fails with --no-wait."""
         self.ensure()
-        lock_path = self.path / "pull.lock"
+        lock_path = self.lock_file
         with os_errors("take the pull lock", self.path):
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -148,7 +135,8 @@ class StateRoot:
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
                 if not wait:
                     raise ModelPullError(
-                        ExitCode.LOCKED, f"another pull (pid {holder}) holds {lock_path}",
+                        ExitCode.LOCKED,
+                        f"another pull (pid {holder}) holds {lock_path}",
                         hint="wait for it, or run again without --no-wait",
                     ) from None
                 print(f"waiting for another pull (pid {holder}) to finish ...", file=sys.stderr)
@@ -189,45 +177,63 @@ class StateRoot:
         """Point models/<name> at entry atomically; returns the entry it pointed at before."""
         previous = self.current(name)
         with os_errors("switch the model link", self.path):
-            _replace_symlink(self.models / name, Path("..") / "store" / entry.basename)
+            _replace_symlink(self.model_link(name), Path("..") / "store" / entry.basename)
             if previous is not None and previous.basename != entry.basename:
-                hist = self.state / "history"
-                hist.mkdir(exist_ok=True)
-                with (hist / name).open("a") as f:
+                self.history_dir.mkdir(exist_ok=True)
+                with (self.history_dir / name).open("a") as f:
                     f.write(previous.basename + "\n")
         return previous
 
     def link_by_hash(self, nar_sri: str, entry: Entry) -> Path:
-        link = self.by_hash / sanitize_sri(nar_sri)
+        link = self.pin_link(nar_sri)
         with os_errors("link the pinned entry", self.path):
             _replace_symlink(link, Path("..") / "store" / entry.basename)
         return link
 
     def record(self, event: dict[str, Any]) -> None:
-        with os_errors("record the pull", self.path), (self.state / "pulls.jsonl").open("a") as f:
-            f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **event},
-                               sort_keys=True) + "\n")
+        with os_errors("record the pull", self.path), self.pulls_log.open("a") as f:
+            f.write(
+                json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **event}, sort_keys=True)
+                + "\n"
+            )
 
-    def last_record(self, name: str) -> dict[str, Any] | None:
-        log = self.state / "pulls.jsonl"
-        if not log.exists():
-            return None
-        found: dict[str, Any] | None = None
-        for line in log.read_text().splitlines():
+    def records(self) -> list[dict[str, Any]]:
+        """state/pulls.jsonl, oldest first; lines that are not JSON objects are skipped."""
+        try:
+            text = self.pulls_log.read_text(encoding="utf-8")
+        except OSError:
+            return []
+        out: list[dict[str, Any]] = []
+        for line in text.splitlines():
             with contextlib.suppress(ValueError):
                 rec = json.loads(line)
-                if rec.get("name") == name:
-                    found = rec
-        return found
+                if isinstance(rec, dict):
+                    out.append(rec)
+        return out
+
+    def record_of(self, entry: Entry) -> dict[str, Any] | None:
+        """The newest pulls.jsonl line that installed this very entry (a rollback points back at
+        an older entry: its line is older than the newest line of the model)."""
+        found = [r for r in self.records() if Path(str(r.get("entry", ""))).name == entry.basename]
+        return found[-1] if found else None
+
+    def nar_hash_of(self, entry: Entry) -> str | None:
+        rec = self.record_of(entry)
+        nar = rec.get("narHash") if rec else None
+        return nar if isinstance(nar, str) else None
 
     # --- reading --------------------------------------------------------------------------
 
     def current(self, name: str) -> Entry | None:
-        link = self.models / name
+        """The entry models/<name> points at."""
+        return self.entry_at(self.model_link(name))
+
+    def entry_at(self, link: Path) -> Entry | None:
+        """The store entry a link under the root points at (None: no link, or dangling)."""
         if not link.is_symlink():
             return None
-        target = (self.models / os.readlink(link)).resolve()
-        return Entry(target) if target.is_dir() else None
+        target = (link.parent / os.readlink(link)).resolve()
+        return Entry(target) if target.is_dir() and target.parent == self.store.resolve() else None
 
     def names(self) -> list[str]:
         if not self.models.is_dir():
@@ -237,11 +243,12 @@ class StateRoot:
     def entries(self) -> list[Entry]:
         if not self.store.is_dir():
             return []
-        return sorted((Entry(p) for p in self.store.iterdir() if p.is_dir()),
-                      key=lambda e: e.basename)
+        return sorted(
+            (Entry(p) for p in self.store.iterdir() if p.is_dir()), key=lambda e: e.basename
+        )
 
     def history(self, name: str) -> list[str]:
-        hist = self.state / "history" / name
+        hist = self.history_dir / name
         return hist.read_text().split() if hist.exists() else []
 
     # --- rollback and gc ------------------------------------------------------------------
@@ -250,47 +257,75 @@ class StateRoot:
         """Point models/<name> back at its previous entry; returns (from, to)."""
         current = self.current(name)
         if current is None:
-            raise ModelPullError(ExitCode.NOT_INSTALLED, f"no model named {name!r} in {self.path}",
-                                 hint="see model-pull list")
+            raise ModelPullError(
+                ExitCode.NOT_INSTALLED,
+                f"no model named {name!r} in {self.path}",
+                hint="see model-pull list",
+            )
         history = [b for b in self.history(name) if (self.store / b).is_dir()]
         if not history:
-            raise ModelPullError(ExitCode.NOT_INSTALLED,
-                                 f"{name} has no previous entry to roll back to",
-                                 hint="gc may have removed it")
+            raise ModelPullError(
+                ExitCode.NOT_INSTALLED,
+                f"{name} has no previous entry to roll back to",
+                hint="gc may have removed it",
+            )
         target = Entry(self.store / history[-1])
         with os_errors("switch the model link", self.path):
-            _replace_symlink(self.models / name, Path("..") / "store" / target.basename)
+            _replace_symlink(self.model_link(name), Path("..") / "store" / target.basename)
             # The rolled-back-from entry stays in store/ until gc; history drops its last line.
-            (self.state / "history" / name).write_text("".join(b + "\n" for b in history[:-1]))
+            (self.history_dir / name).write_text("".join(b + "\n" for b in history[:-1]))
         return current, target
 
-    def live(self, keep: int) -> set[str]:
-        """Entries gc must keep: linked from models/, plus the last `keep` of each model.
+    def roots(self) -> dict[str, str]:
+        """Every entry gc must keep, with why: a models/ link, a pin (by-hash/), the history.
 
-        by-hash/ links are not roots: a pinned model's entry is also its models/ entry.
+        Entries are found by basename; links that do not lead into store/ are ignored.
         """
-        live = set()
-        if self.models.is_dir():
-            for link in self.models.iterdir():
-                if link.is_symlink():
-                    live.add(Path(os.readlink(link)).name)
-        for name in self.names():
-            live.update(self.history(name)[-keep:] if keep > 0 else [])
-        return live
+        roots: dict[str, str] = {}
+        for where, top in (
+            ("history", self.history_dir),
+            ("pin", self.by_hash),
+            ("models/", self.models),
+        ):
+            if not top.is_dir():
+                continue
+            for child in sorted(top.iterdir()):
+                if where == "history":
+                    for basename in self.history(child.name):
+                        roots[basename] = f"in the history of {child.name}"
+                elif (entry := self.entry_at(child)) is not None:
+                    roots[entry.basename] = (
+                        f"{where}{child.name}"
+                        if where == "models/"
+                        else f"the pin by-hash/{child.name}"
+                    )
+        return roots
 
-    def gc(self, keep: int = 0) -> list[Path]:
-        """Remove entries nothing points at, and download debris. Returns what was removed."""
+    def forget_history(self, keep: int) -> None:
+        """Keep only the last `keep` previous entries of each model in the history."""
+        if not self.history_dir.is_dir():
+            return
+        for hist in self.history_dir.iterdir():
+            kept = self.history(hist.name)[-keep:] if keep > 0 else []
+            hist.write_text("".join(b + "\n" for b in kept))
+
+    def gc(self, keep: int | None = None) -> list[Path]:
+        """Remove the entries nothing reaches (models/, by-hash/, the history), and download
+        debris. With `keep`, first forget all but the last `keep` previous entries of each
+        model. Returns what was removed."""
         removed: list[Path] = []
-        live = self.live(keep)
         with os_errors("collect garbage", self.path):
-            for entry in self.entries():
-                if entry.basename not in live:
-                    remove_tree(entry.path)
-                    removed.append(entry.path)
             if self.by_hash.is_dir():
                 for link in self.by_hash.iterdir():
                     if link.is_symlink() and not link.exists():
                         link.unlink()
+            if keep is not None:
+                self.forget_history(keep)
+            roots = self.roots()
+            for entry in self.entries():
+                if entry.basename not in roots:
+                    remove_tree(entry.path)
+                    removed.append(entry.path)
             if self.cache.is_dir():
                 for child in self.cache.iterdir():
                     remove_tree(child)

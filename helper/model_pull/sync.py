@@ -4,7 +4,8 @@ Pulls every declared model that is missing or differs from its declaration (revi
 layout, pin), then restarts the units waiting for the models that changed, over D-Bus (for a
 unit served on demand: starts its sockets, and restarts it only if it runs). A model
 that is already there costs no network and no hashing, so a no-op run is fast. One model's
-failure does not stop the others; the first failure decides the exit code.
+failure does not stop the others: each is reported once, through `on_error`, and the first one
+decides the exit code.
 """
 
 from __future__ import annotations
@@ -15,17 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_pull import hub, pull
-from model_pull.errors import ModelPullError
-from model_pull.layouts import Layout
+from model_pull.datamodel import resolve_root
+from model_pull.errors import ExitCode, ModelPullError
 from model_pull.manifest import DeclaredModel, Manifest
 from model_pull.progress import Progress
 from model_pull.store import StateRoot
-from model_pull.systemd import (
-    UnitOutcome,
-    raise_for_failed,
-    restart_waiting_units,
-    start_on_demand,
-)
+from model_pull.systemd import restart_waiting_units, start_on_demand
+from model_pull.units import UnitOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -49,50 +46,79 @@ class SyncResult:
 
 def options_for(model: DeclaredModel) -> pull.Options:
     return pull.Options(
-        layout=Layout(str(model.layout)), name=model.name, include=model.include,
-        exclude=model.exclude, triton_name=model.triton_name,
-        engine_defaults=dict(model.engine_defaults), patch_tokenizer=model.patch_tokenizer,
+        layout=model.layout,
+        name=model.name,
+        include=model.include,
+        exclude=model.exclude,
+        triton_name=model.triton_name,
+        engine_defaults=dict(model.engine_defaults),
+        patch_tokenizer=model.patch_tokenizer,
         expect_nar=model.nar_hash,
     )
 
 
 def sync(
-    manifest: Manifest, *, root: Path | None = None, restart: bool = True,
-    progress: Progress, wait: bool = True, say: Callable[[str], None] = logger.info,
+    manifest: Manifest,
+    *,
+    root: Path | None = None,
+    restart: bool = True,
+    progress: Progress,
+    wait: bool = True,
+    say: Callable[[str], None] = logger.info,
+    on_error: Callable[[str, ModelPullError], None] | None = None,
 ) -> SyncResult:
-    state = StateRoot(root or manifest.root)
+    """Pull every declared model; `say` gets one line per model (and warnings), `on_error` each
+    model's failure. Restart failures are in the result (`restart_error`, the outcomes)."""
+    state = StateRoot(resolve_root(root, lambda: manifest.root))
     remote = hub.Remote(endpoint=manifest.endpoint, token=hub.read_token(manifest.token_file))
     result = SyncResult()
     for name, model in sorted(manifest.models.items()):
         if not hub.COMMIT_RE.match(model.revision):
             say(f"warning: {name} follows {model.revision!r}, not a commit: not reproducible")
         try:
-            installed = pull.fetch(model.repo, model.revision, options_for(model), state, remote,
-                                   progress=progress, wait=wait,
-                                   preflight=_gate(manifest, model, remote, say))
+            installed = pull.fetch(
+                model.repo,
+                model.revision,
+                options_for(model),
+                state,
+                remote,
+                progress=progress,
+                wait=wait,
+                preflight=_gate(manifest, model, remote, say),
+            )
         except ModelPullError as exc:
             result.failed[name] = exc
-            say(f"{name}: error: {exc}")
+            if on_error is not None:
+                on_error(name, exc)
             continue
         result.installed.append(installed)
         state_word = "installed " + installed.entry.basename if installed.changed else "up to date"
         say(f"{name}: {state_word}")
     units = result.units_to_restart(manifest)
     if restart and units:
-        # an on-demand unit: its sockets are started, the first request starts it
-        on_demand = {u: d.on_demand.sockets for u in units
-                     if (d := manifest.units.get(u)) is not None and d.on_demand is not None}
+        # a unit served on demand: its sockets are started, its first request starts it
+        on_demand = {
+            u: d.on_demand.sockets
+            for u in units
+            if (d := manifest.units.get(u)) is not None and d.on_demand is not None
+        }
         try:
-            result.restarted = list(restart_waiting_units(
-                [u for u in units if u not in on_demand]))
+            result.restarted = list(restart_waiting_units([u for u in units if u not in on_demand]))
             result.restarted += start_on_demand(on_demand)
         except ModelPullError as exc:
+            if exc.code is ExitCode.NO_BUS:
+                exc = ModelPullError(
+                    exc.code,
+                    f"{exc.message}; the pull itself succeeded, the units were not restarted",
+                    hint=exc.hint,
+                )
             result.restart_error = exc
     return result
 
 
-def _gate(manifest: Manifest, model: DeclaredModel, remote: hub.Remote,
-          say: Callable[[str], None]) -> Callable[[str, list[hub.RemoteFile]], None]:
+def _gate(
+    manifest: Manifest, model: DeclaredModel, remote: hub.Remote, say: Callable[[str], None]
+) -> Callable[[str, list[hub.RemoteFile]], None]:
     """The GPU check for a declared model: its units' runtime and CUDA capabilities."""
     units = [manifest.units[u] for u in model.units if u in manifest.units]
     runtime = units[0].runtime if units else None
@@ -101,22 +127,14 @@ def _gate(manifest: Manifest, model: DeclaredModel, remote: hub.Remote,
     def gate(commit: str, chosen: list[hub.RemoteFile]) -> None:
         from model_pull import check
 
-        check.gate_fetch(model.repo, commit, [(f.path, f.size) for f in chosen], remote=remote,
-                         runtime=runtime, package_arches=check.parse_package_sms(",".join(caps)),
-                         warn=lambda m: say(f"warning: {model.name}: {m}"))
+        check.gate_fetch(
+            model.repo,
+            commit,
+            [(f.path, f.size) for f in chosen],
+            remote=remote,
+            runtime=runtime,
+            package_arches=check.parse_package_sms(",".join(caps)),
+            warn=lambda m: say(f"warning: {model.name}: {m}"),
+        )
 
     return gate
-
-
-def raise_for(result: SyncResult) -> None:
-    """The pull's own failures first; then restarts (the pull itself succeeded)."""
-    if result.failed:
-        name, first = next(iter(result.failed.items()))
-        others = len(result.failed) - 1
-        raise ModelPullError(first.code, f"{name}: {first.message}" +
-                             (f" (and {others} more model(s) failed)" if others else ""),
-                             hint=first.hint)
-    if result.restart_error is not None:
-        raise result.restart_error
-    raise_for_failed(result.restarted)
-

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
 
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.hashing import Hasher, nar_hash, store_basename
-from model_pull.layouts import Layout, Spec, entry_file_paths
+from model_pull.output import VerifiedJson
 from model_pull.store import Entry, StateRoot
 
 
@@ -23,7 +22,7 @@ class Verified:
     ok: bool
     problems: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> VerifiedJson:
         return {"name": self.name, "entry": self.entry, "ok": self.ok, "problems": self.problems}
 
 
@@ -33,18 +32,16 @@ def verify_entry(name: str, entry: Entry) -> Verified:
         m = entry.manifest()
     except (OSError, ValueError) as exc:
         return Verified(name, str(entry.path), False, [f"unreadable entry manifest: {exc}"])
-    spec = Spec(m.get("name", name), m["repo"], m["revision"], Layout(m["layout"]),
-                m.get("tritonName"))
-    expected = {entry_file_paths(spec, f["path"]): f for f in m.get("files", [])
-                if f.get("sha256") and not f.get("patched")}
+    expected = {m.spec.file_path(f["path"]): f for f in m.files if "patched" not in f}
     seen: dict[str, hashlib._Hash] = {}
 
     def on_file(rel: str, size: int) -> list[Hasher]:
         if rel not in expected:
             return []
         if size != expected[rel]["size"]:
-            problems.append(f"{expected[rel]['path']}: size {size}, expected "
-                            f"{expected[rel]['size']}")
+            problems.append(
+                f"{expected[rel]['path']}: size {size}, expected {expected[rel]['size']}"
+            )
         seen[rel] = hashlib.sha256()
         return [seen[rel]]
 
@@ -65,7 +62,10 @@ def verify_entries(root: StateRoot, names: list[str]) -> list[Verified]:
     for name in names:
         entry = root.current(name)
         if entry is None:
-            raise ModelPullError(ExitCode.NOT_INSTALLED, f"no model named {name!r} in {root.path}",
-                                 hint="see model-pull list")
+            raise ModelPullError(
+                ExitCode.NOT_INSTALLED,
+                f"no model named {name!r} in {root.path}",
+                hint="see model-pull list",
+            )
         results.append(verify_entry(name, entry))
     return results

@@ -7,7 +7,7 @@ The machine these tests run on has no systemd as PID 1 and no system bus, so eac
         ct.run(["systemctl", "start", "demo.service"])
         env = {"DBUS_SYSTEM_BUS_ADDRESS": ct.bus_address}   # host-side clients reach its bus
 
-It follows /work/shared/notes/nspawn-recipe.sh (known to work on these machines):
+It follows a recipe known to work on machines without systemd as PID 1:
 
 - `systemd-nspawn -D / --volatile=yes --boot`: the host's /usr read-only on a tmpfs root, so
   nothing the container's systemd does (tmpfiles, presets) can touch the host. Never boot
@@ -74,7 +74,8 @@ def unavailable_reason() -> str | None:
 def _cgroup_roots() -> list[Path]:
     """The hierarchies that track processes: hybrid (name=systemd v1 + unified v2) or pure v2."""
     roots = [
-        Path(h) for h in ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
+        Path(h)
+        for h in ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
         if Path(h, "cgroup.procs").exists()
     ]
     return roots or [Path("/sys/fs/cgroup")]
@@ -100,7 +101,7 @@ def _children(pid: int) -> list[int]:
         except OSError:
             continue
         # "pid (comm) state ppid ...": comm may contain spaces and parentheses
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         if int(fields[1]) == pid:
             kids.append(int(entry.name))
     return kids
@@ -189,10 +190,22 @@ class SystemdContainer:
         machine_id = self.scratch / "machine-id"
         machine_id.write_text(uuid.uuid4().hex + "\n")
         argv = [
-            "unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--",
-            "systemd-nspawn", "-D", "/", "--volatile=yes", "--boot",
-            f"--machine={self.name}", "--register=no", "--keep-unit",
-            "--private-network", "--console=read-only",
+            "unshare",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "--",
+            "systemd-nspawn",
+            "-D",
+            "/",
+            "--volatile=yes",
+            "--boot",
+            f"--machine={self.name}",
+            "--register=no",
+            "--keep-unit",
+            "--private-network",
+            "--console=read-only",
             f"--bind-ro={machine_id}:/etc/machine-id",
         ]
         seen: set[str] = set()
@@ -219,14 +232,18 @@ class SystemdContainer:
         t0 = time.monotonic()
         with self.boot_log.open("wb") as log:
             self._wrapper = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 preexec_fn=_make_preexec(cgroup_procs),
             )
         self._leader = self._find_leader(t0)
         self._wait_booted(t0)
         self.boot_seconds = time.monotonic() - t0
-        logger.info("%s booted in %.2fs (state %s)", self.name, self.boot_seconds,
-                    self.system_state)
+        logger.info(
+            "%s booted in %.2fs (state %s)", self.name, self.boot_seconds, self.system_state
+        )
 
     def _find_leader(self, t0: float) -> int:
         """The container's systemd as a host PID: wrapper(unshare) -> nspawn -> systemd."""
@@ -241,8 +258,9 @@ class SystemdContainer:
                         if str(Path(f"/proc/{child}/exe").readlink()) == SYSTEMD_EXE:
                             return child
             time.sleep(0.02)
-        raise ContainerError(f"no container init after {self.boot_timeout}s:\n"
-                             f"{self._boot_log_tail()}")
+        raise ContainerError(
+            f"no container init after {self.boot_timeout}s:\n{self._boot_log_tail()}"
+        )
 
     def _wait_booted(self, t0: float) -> None:
         private = Path(f"/proc/{self.leader}/root/run/systemd/private")
@@ -256,12 +274,14 @@ class SystemdContainer:
         proc = self.run(["systemctl", "is-system-running", "--wait"], check=False, timeout=left)
         self.system_state = proc.stdout.strip()
         if self.system_state == "degraded":
-            failed = self.run(["systemctl", "--failed", "--no-legend", "--no-pager"],
-                              check=False).stdout
+            failed = self.run(
+                ["systemctl", "--failed", "--no-legend", "--no-pager"], check=False
+            ).stdout
             logger.warning("%s is degraded: %s", self.name, failed.strip())
         elif self.system_state != "running":
-            raise ContainerError(f"systemd is not usable: {self.system_state!r}\n"
-                                 f"{self._boot_log_tail()}")
+            raise ContainerError(
+                f"systemd is not usable: {self.system_state!r}\n{self._boot_log_tail()}"
+            )
         if not Path(f"/proc/{self.leader}/root/run/dbus/system_bus_socket").is_socket():
             raise ContainerError("the container has no system bus socket")
 
@@ -335,8 +355,15 @@ class SystemdContainer:
         clean = [f"PATH={CONTAINER_PATH}", "LANG=C.UTF-8"]
         clean += [f"{k}={v}" for k, v in (env or {}).items()]
         full = ["nsenter", "-t", str(self.leader), "-a", "--", "env", "-i", *clean, *argv]
-        proc = subprocess.run(full, input=input, capture_output=True, text=True,
-                              timeout=timeout, check=False, env={"PATH": CONTAINER_PATH})
+        proc = subprocess.run(
+            full,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={"PATH": CONTAINER_PATH},
+        )
         if check and proc.returncode != 0:
             raise ContainerError(
                 f"{' '.join(argv)} exited {proc.returncode} in {self.name}\n"
@@ -350,18 +377,34 @@ class SystemdContainer:
         env.update(extra or {})
         return env
 
-    def python(self, code: str, *, check: bool = True, env: Mapping[str, str] | None = None,
-               timeout: float | None = 120) -> subprocess.CompletedProcess[str]:
+    def python(
+        self,
+        code: str,
+        *,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = 120,
+    ) -> subprocess.CompletedProcess[str]:
         """Run Python code inside the container with the test venv and this checkout."""
-        return self.run([sys.executable, "-c", code], check=check,
-                        env=self.python_env(env), timeout=timeout)
+        return self.run(
+            [sys.executable, "-c", code], check=check, env=self.python_env(env), timeout=timeout
+        )
 
-    def model_pull(self, args: Sequence[str], *, check: bool = False,
-                   env: Mapping[str, str] | None = None,
-                   timeout: float | None = 300) -> subprocess.CompletedProcess[str]:
+    def model_pull(
+        self,
+        args: Sequence[str],
+        *,
+        check: bool = False,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = 300,
+    ) -> subprocess.CompletedProcess[str]:
         """`model-pull ARGS` inside the container (talks to the container's own bus)."""
-        return self.run([sys.executable, "-m", "model_pull", *args], check=check,
-                        env=self.python_env(env), timeout=timeout)
+        return self.run(
+            [sys.executable, "-m", "model_pull", *args],
+            check=check,
+            env=self.python_env(env),
+            timeout=timeout,
+        )
 
     def write_file(self, path: str, text: str, mode: int = 0o644) -> None:
         """Create a file inside the container (its tmpfs root, or a bind)."""
@@ -374,16 +417,26 @@ class SystemdContainer:
         if enable:
             self.run(["systemctl", "enable", name])
 
-    def start_service(self, unit: str, argv: Sequence[str], *,
-                      env: Mapping[str, str] | None = None) -> None:
+    def start_service(
+        self, unit: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> None:
         """Start argv in the background as a transient service (phase 2: the devhub server).
 
         It runs under the container's systemd: its output is in `.journal(unit)`, it is
         stopped with `systemctl stop UNIT` or with the container.
         """
         setenv = [f"--setenv={k}={v}" for k, v in (env or {}).items()]
-        self.run(["systemd-run", f"--unit={unit}", "--property=Type=exec", "--collect",
-                  *setenv, "--", *argv])
+        self.run(
+            [
+                "systemd-run",
+                f"--unit={unit}",
+                "--property=Type=exec",
+                "--collect",
+                *setenv,
+                "--",
+                *argv,
+            ]
+        )
 
     def wait_http(self, url: str, *, timeout: float = 60) -> tuple[int, str]:
         """GET url from inside the container until it answers; returns (status, body)."""
@@ -417,8 +470,9 @@ class SystemdContainer:
             "except urllib.error.HTTPError as e:\n"
             "    print(e.code); sys.stdout.write(e.read().decode())\n"
         )
-        out = self.run([sys.executable, "-c", code], input=payload,
-                       env=self.python_env(), timeout=timeout + 30).stdout
+        out = self.run(
+            [sys.executable, "-c", code], input=payload, env=self.python_env(), timeout=timeout + 30
+        ).stdout
         status, _, body = out.partition("\n")
         return int(status), body
 
@@ -428,8 +482,9 @@ class SystemdContainer:
 
     def journal(self, unit: str, lines: int = 200) -> str:
         """The unit's journal inside the container, message text only."""
-        return self.run(["journalctl", "-u", unit, "-n", str(lines), "--no-pager",
-                         "-o", "cat"], check=False).stdout
+        return self.run(
+            ["journalctl", "-u", unit, "-n", str(lines), "--no-pager", "-o", "cat"], check=False
+        ).stdout
 
 
 def _scratch_base() -> Path:

@@ -28,8 +28,9 @@ def one(spec: dict[str, Any], t0: float, out: dict[str, Any]) -> None:
         time.sleep(delay)
     out.update(status=None, error=None, start=time.monotonic(), body="", chunks=0)
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", int(spec["port"]),
-                                          timeout=float(spec.get("timeout", 120)))
+        conn = http.client.HTTPConnection(
+            "127.0.0.1", int(spec["port"]), timeout=float(spec.get("timeout", 120))
+        )
         if spec.get("rcvbuf"):  # set before connecting: the window is agreed on then
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, int(spec["rcvbuf"]))
@@ -40,8 +41,12 @@ def one(spec: dict[str, Any], t0: float, out: dict[str, Any]) -> None:
         if body is None:
             conn.request("GET", spec.get("path", "/health"))
         else:
-            conn.request("POST", spec.get("path", "/v1/completions"), json.dumps(body),
-                         {"Content-Type": "application/json"})
+            conn.request(
+                "POST",
+                spec.get("path", "/v1/completions"),
+                json.dumps(body),
+                {"Content-Type": "application/json"},
+            )
         response = conn.getresponse()
         out["status"] = response.status
         parts = []
@@ -66,8 +71,10 @@ def main() -> None:
     specs = json.load(sys.stdin)
     results: list[dict[str, Any]] = [{} for _ in specs]
     t0 = time.monotonic()
-    threads = [threading.Thread(target=one, args=(spec, t0, result))
-               for spec, result in zip(specs, results, strict=True)]
+    threads = [
+        threading.Thread(target=one, args=(spec, t0, result))
+        for spec, result in zip(specs, results, strict=True)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -40,7 +40,7 @@ import pytest
 import yaml
 from container import PROJECT, SystemdContainer
 
-from model_pull.devhub import DevHub
+from loopback_hub import TestHub as DevHub  # the package's DevHub, with fault injection
 
 sys.path.insert(0, str(PROJECT / "tests" / "nix"))
 from render_units import load_golden, render, store_paths
@@ -226,7 +226,8 @@ def serving_world(
             manifest["models"][model]["revision"] = revision
         ct.write_file(MANIFEST, json.dumps(manifest, indent=2) + "\n")
         ct.start_service("devhub.service",
-                         [sys.executable, "-m", "model_pull.devhub", "serve", str(hub.data_dir),
+                         [sys.executable, str(PROJECT / "tests/loopback_hub.py"), "serve",
+                          str(hub.data_dir),
                           "--port", str(HUB_PORT)],
                          env=ct.python_env())
         # any HTTP answer means it listens (wait_http retries while the port is closed)

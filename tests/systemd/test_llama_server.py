@@ -9,7 +9,7 @@ import pytest
 from container import SystemdContainer
 from serving_world import llama_server_binary
 
-from model_pull import systemd
+from model_pull import systemd, units
 from model_pull.tinymodels import write_tiny_gguf
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
@@ -65,19 +65,21 @@ def test_llama_server_starts_when_its_model_arrives(
     assert f"unmet condition check (ConditionPathExists={gguf})" in ct.journal(UNIT)
 
     model = write_tiny_gguf(tmp_path / "tiny.gguf")
-    entry = install_entry(root, "tiny", "0" * 32,
-                          {"share/models/gguf/tiny.gguf": model.read_bytes()})
+    entry = install_entry(
+        root, "tiny", "0" * 32, {"share/models/gguf/tiny.gguf": model.read_bytes()}
+    )
     (outcome,) = systemd.restart_waiting_units([UNIT])
     assert (outcome.active_state, outcome.sub_state) == ("active", "running"), outcome
-    systemd.raise_for_failed([outcome])
+    units.raise_for_failed([outcome])
 
     status, body = ct.wait_http(f"http://127.0.0.1:{PORT}/v1/models")
     assert status == 200, body
     assert [m["id"] for m in json.loads(body)["data"]] == ["tiny"]
 
-    status, body = ct.post_json(f"http://127.0.0.1:{PORT}/v1/completions",
-                                json.dumps({"prompt": "Hello", "max_tokens": 6,
-                                            "ignore_eos": True, "temperature": 0}))
+    status, body = ct.post_json(
+        f"http://127.0.0.1:{PORT}/v1/completions",
+        json.dumps({"prompt": "Hello", "max_tokens": 6, "ignore_eos": True, "temperature": 0}),
+    )
     assert status == 200, body
     answer = json.loads(body)
     assert answer["usage"]["completion_tokens"] == 6

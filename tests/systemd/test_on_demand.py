@@ -33,10 +33,13 @@ from typing import Any
 
 import pytest
 from container import PROJECT, unavailable_reason
-from serving_world import World, llama_server_binary, package_dir, render, serving_world
+from serving_world import World, llama_server_binary, package_dir, serving_world
 
 from model_pull.devhub import DevHub
 from model_pull.tinymodels import DRAFT_GGUF_SHAPE, GGUF_SHAPE, write_tiny_gguf
+
+sys.path.insert(0, str(PROJECT / "tests" / "nix"))
+from render_units import render
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
 
@@ -77,6 +80,7 @@ def setup_hub(base: Path) -> Any:
         draft = write_tiny_gguf(base / "draft.gguf", seed=2, shape=DRAFT_GGUF_SHAPE)
         hub.add_repo(DRAFT_REPO, {DRAFT_FILE: draft})
         hub.add_repo(CODER_REPO, {CODER_FILE: broken_gguf(base)})
+
     return setup
 
 
@@ -96,8 +100,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     }
     for unit, subs in overrides.items():  # each substitution finds its text
         assert all(old in render(HOST, unit) for old in subs), (unit, subs)
-    with serving_world(base, HOST, {"llama-cpp": llama_cpp}, hub_setup=setup_hub(base),
-                       overrides=overrides) as w:
+    with serving_world(
+        base, HOST, {"llama-cpp": llama_cpp}, hub_setup=setup_hub(base), overrides=overrides
+    ) as w:
         yield w
 
 
@@ -139,14 +144,21 @@ def state(w: World, unit: str) -> str:
 
 def wait_idle(w: World, unit: str) -> None:
     """Until the runtime and its proxy have stopped (idleTimeout after the last connection)."""
-    wait_for(lambda: state(w, f"{unit}.service") in ("inactive", "failed")
-             and state(w, f"{unit}-proxy.service") == "inactive", f"{unit} to go idle")
+    wait_for(
+        lambda: (
+            state(w, f"{unit}.service") in ("inactive", "failed")
+            and state(w, f"{unit}-proxy.service") == "inactive"
+        ),
+        f"{unit} to go idle",
+    )
 
 
 def starts(w: World, unit: str) -> int:
     """How many times systemd has started the runtime (its journal's "Starting" lines)."""
-    return sum(line.startswith(f"Starting {unit}.service")
-               for line in w.ct.journal(f"{unit}.service", lines=2000).splitlines())
+    return sum(
+        line.startswith(f"Starting {unit}.service")
+        for line in w.ct.journal(f"{unit}.service", lines=2000).splitlines()
+    )
 
 
 def sockets_healthy(w: World) -> None:
@@ -164,8 +176,18 @@ def stopped_at(w: World, unit: str) -> float:
 def journals(w: World) -> str:
     """Both runtimes' and proxies' journals, for failure messages."""
     units = [f"--unit={u}{kind}" for u in (MAIN, CODER) for kind in (".service", "-proxy.service")]
-    return w.ct.run(["journalctl", "--no-pager", "-o", "short-monotonic", *units,
-                     "--grep", "systemd|inference-on-demand|error|failed"], check=False).stdout
+    return w.ct.run(
+        [
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "short-monotonic",
+            *units,
+            "--grep",
+            "systemd|inference-on-demand|error|failed",
+        ],
+        check=False,
+    ).stdout
 
 
 def rss_kib(w: World, pid: str) -> int:
@@ -217,8 +239,9 @@ def test_3_idle_stop_frees_the_process_and_its_memory(world: World) -> None:
     wait_idle(world, MAIN)
     assert world.unit(f"{MAIN}.service")["Result"] == "success"
     gone = world.ct.run(["ps", "-o", "rss=", "-p", pid], check=False)
-    assert gone.returncode != 0 and not gone.stdout.strip(), \
+    assert gone.returncode != 0 and not gone.stdout.strip(), (
         f"pid {pid} ({rss} KiB resident before) is still there"
+    )
     assert world.ct.run(["flock", "--nonblock", LOCK, "true"], check=False).returncode == 0
     sockets_healthy(world)
     print(f"idle stop freed pid {pid}: {rss} KiB resident before, no process after")
@@ -237,15 +260,25 @@ def test_5_a_streaming_request_keeps_the_runtime_up(world: World) -> None:
     before = starts(world, MAIN)
     # A long answer read slowly (100 kB/s) through a small receive buffer: the runtime is
     # still sending it, held back by the reader, long after the idle timeout has passed.
-    body = {"prompt": "Hello", "max_tokens": 6000, "ignore_eos": True, "temperature": 0,
-            "stream": True}
+    body = {
+        "prompt": "Hello",
+        "max_tokens": 6000,
+        "ignore_eos": True,
+        "temperature": 0,
+        "stream": True,
+    }
     spec = {"port": PORTS[MAIN], "body": body, "pause": 0.08, "read": 8192, "rcvbuf": 8192}
     done: list[dict[str, Any]] = []
     reader = threading.Thread(target=lambda: done.extend(requests(world, [spec])))
     reader.start()
     try:
-        pid = wait_for(lambda: world.unit(f"{MAIN}.service")["MainPID"] != "0"
-                       and world.unit(f"{MAIN}.service")["MainPID"], "the runtime to start")
+        pid = wait_for(
+            lambda: (
+                world.unit(f"{MAIN}.service")["MainPID"] != "0"
+                and world.unit(f"{MAIN}.service")["MainPID"]
+            ),
+            "the runtime to start",
+        )
         time.sleep(2 * IDLE)
         midway = world.unit(f"{MAIN}.service")
         streaming = reader.is_alive()
@@ -258,15 +291,19 @@ def test_5_a_streaming_request_keeps_the_runtime_up(world: World) -> None:
     assert stream["body"].rstrip().endswith("data: [DONE]"), stream["body"][-300:]
     # one start for the whole stream
     assert starts(world, MAIN) == before + 1
-    print(f"streamed {len(stream['body'])} bytes in {stream['end'] - stream['start']:.1f}s "
-          f"with a {IDLE}s idle timeout")
+    print(
+        f"streamed {len(stream['body'])} bytes in {stream['end'] - stream['start']:.1f}s "
+        f"with a {IDLE}s idle timeout"
+    )
 
 
 def test_6_a_broken_model_fails_fast_and_every_next_request_tries_again(world: World) -> None:
     # CODER's entry is the cut-off GGUF; StartLimitBurst=5 within 5 x IDLE
     for attempt in range(1, 6):
-        wait_for(lambda: state(world, f"{CODER}-proxy.service") == "inactive",
-                 "the proxy of the failed start to exit")
+        wait_for(
+            lambda: state(world, f"{CODER}-proxy.service") == "inactive",
+            "the proxy of the failed start to exit",
+        )
         (r,) = requests(world, [complete(CODER)])
         assert r["status"] is None and r["error"], r  # a reset (or an empty reply), no answer
         assert starts(world, CODER) == attempt
@@ -284,8 +321,7 @@ def test_6_a_broken_model_fails_fast_and_every_next_request_tries_again(world: W
 
 
 def test_7_the_pull_of_a_good_model_serves_it(world: World) -> None:
-    world.hub.add_repo(CODER_REPO, {CODER_FILE: write_tiny_gguf(world.base / "coder.gguf",
-                                                                 seed=3)})
+    world.hub.add_repo(CODER_REPO, {CODER_FILE: write_tiny_gguf(world.base / "coder.gguf", seed=3)})
     proc = world.model_pull()
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "qwen3-coder-30b: installed" in proc.stdout + proc.stderr
@@ -300,11 +336,21 @@ def test_8_two_models_on_one_gpu_take_turns(world: World) -> None:
     # how many llama-server processes run at once (a runtime waiting for the lock is `flock`;
     # one that has exited but is not reaped yet does not count)
     watch = world.base / "loaded.log"
-    world.ct.start_service("gpu-watch.service", [
-        "/bin/sh", "-c",
-        f"while :; do ps -C llama-server -o stat= | grep -vc Z >> {watch}; sleep 0.02; done"])
-    slow = {"prompt": "Hello", "max_tokens": 4000, "ignore_eos": True, "temperature": 0,
-            "stream": True}
+    world.ct.start_service(
+        "gpu-watch.service",
+        [
+            "/bin/sh",
+            "-c",
+            f"while :; do ps -C llama-server -o stat= | grep -vc Z >> {watch}; sleep 0.02; done",
+        ],
+    )
+    slow = {
+        "prompt": "Hello",
+        "max_tokens": 4000,
+        "ignore_eos": True,
+        "temperature": 0,
+        "stream": True,
+    }
     specs = [
         {"port": PORTS[MAIN], "body": slow, "pause": 0.02, "read": 4096},  # busy for a while
         complete(CODER, at=0.5),

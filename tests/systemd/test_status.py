@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from container import SystemdContainer
 
-from model_pull import status, systemd
+from machine import nvidia_driver
+from model_pull import render, status, systemd
 from model_pull.manifest import Manifest
 
 pytestmark = pytest.mark.systemd
@@ -22,41 +23,84 @@ def setup_state(root: Path, manifest_path: Path) -> Path:
     """`tiny` installed (entry, models/ link, two pulls.jsonl lines), `big` declared only."""
     entry = root / "store" / ENTRY
     (entry / "share/model-pull").mkdir(parents=True)
-    (entry / "share/model-pull/manifest.json").write_text(json.dumps(
-        {"tool": "model-pull 0.1.0", "name": "tiny", "repo": "org/tiny", "revision": REV,
-         "layout": "gguf", "files": []}))
+    (entry / "share/model-pull/manifest.json").write_text(
+        json.dumps(
+            {
+                "tool": "model-pull 0.1.0",
+                "name": "tiny",
+                "repo": "org/tiny",
+                "revision": REV,
+                "layout": "gguf",
+                "files": [],
+            }
+        )
+    )
     (entry / "share/models/gguf").mkdir(parents=True)
     (entry / "share/models/gguf/tiny.gguf").write_bytes(b"GGUF")
     (root / "models").mkdir()
     (root / "models/tiny").symlink_to(Path("../store", ENTRY))
     (root / "state").mkdir()
     (root / "state/pulls.jsonl").write_text(
-        json.dumps({"time": "2026-01-01T00:00:00Z", "name": "tiny", "repo": "org/tiny",
-                    "revision": REV, "narHash": NAR, "entry": f"{root}/store/{ENTRY}"}) + "\n"
+        json.dumps(
+            {
+                "time": "2026-01-01T00:00:00Z",
+                "name": "tiny",
+                "repo": "org/tiny",
+                "revision": REV,
+                "narHash": NAR,
+                "entry": f"{root}/store/{ENTRY}",
+            }
+        )
+        + "\n"
         + "garbage line from a crash\n"
-        + json.dumps({"time": "2026-01-02T00:00:00Z", "name": "tiny", "repo": "org/tiny",
-                      "revision": "f" * 40, "narHash": "sha256-other",
-                      "entry": f"{root}/store/zzzz-tiny"}) + "\n"  # rolled back since
+        + json.dumps(
+            {
+                "time": "2026-01-02T00:00:00Z",
+                "name": "tiny",
+                "repo": "org/tiny",
+                "revision": "f" * 40,
+                "narHash": "sha256-other",
+                "entry": f"{root}/store/zzzz-tiny",
+            }
+        )
+        + "\n"  # rolled back since
     )
-    manifest_path.write_text(json.dumps({
-        "version": 1, "root": str(root), "endpoint": None, "tokenFile": None,
-        "models": {
-            "tiny": {"repo": "org/tiny", "revision": REV, "layout": "gguf",
-                     "units": ["tiny.service"]},
-            "big": {"repo": "org/big", "revision": "main", "layout": "hf",
-                    "units": ["big.service"]},
-        },
-        "units": {
-            "tiny.service": {"runtime": "llama-server", "models": ["tiny"]},
-            "big.service": {"runtime": "vllm", "models": ["big"]},
-        },
-    }))
+    manifest_path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "root": str(root),
+                "endpoint": None,
+                "tokenFile": None,
+                "models": {
+                    "tiny": {
+                        "repo": "org/tiny",
+                        "revision": REV,
+                        "layout": "gguf",
+                        "units": ["tiny.service"],
+                    },
+                    "big": {
+                        "repo": "org/big",
+                        "revision": "main",
+                        "layout": "hf",
+                        "units": ["big.service"],
+                    },
+                },
+                "units": {
+                    "tiny.service": {"runtime": "llama-server", "models": ["tiny"]},
+                    "big.service": {"runtime": "vllm", "models": ["big"]},
+                },
+            }
+        )
+    )
     return entry
 
 
 def unit(gate: Path) -> str:
-    return (f"[Unit]\nConditionPathExists={gate}\n[Service]\nExecStart=/usr/bin/sleep infinity\n"
-            "[Install]\nWantedBy=multi-user.target\n")
+    return (
+        f"[Unit]\nConditionPathExists={gate}\n[Service]\nExecStart=/usr/bin/sleep infinity\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    )
 
 
 @pytest.fixture
@@ -83,7 +127,10 @@ def test_status_inside_the_machine(state: tuple[SystemdContainer, Path, Path]):
     (tiny_unit,) = tiny["units"]
     assert (tiny_unit["activeState"], tiny_unit["subState"]) == ("active", "running")
     assert tiny_unit["mainPID"] in tiny_unit["pids"]
-    assert tiny_unit["gpuBytes"] is None and report["gpuError"].startswith("no NVML")
+    if report["gpuError"] is None:  # NVML works in the container: a machine with a driver
+        assert nvidia_driver() and tiny_unit["gpuBytes"] == 0  # sleep holds no GPU memory
+    else:
+        assert tiny_unit["gpuBytes"] is None and report["gpuError"].startswith("no NVML")
     assert (big["present"], big["entry"], big["narHash"]) == (False, None, None)
     (big_unit,) = big["units"]
     assert big_unit["activeState"] == "inactive" and big_unit["conditionResult"] is False
@@ -93,13 +140,17 @@ def test_status_inside_the_machine(state: tuple[SystemdContainer, Path, Path]):
     assert f"tiny  present  {entry}" in text.stdout
     assert "tiny.service  active (running)" in text.stdout
     assert "big  missing" in text.stdout
-    assert (f"big.service  waiting: ConditionPathExists={manifest.parent}"
-            "/inference/models/big/share/models/hub") in text.stdout
-    assert "GPU memory per unit: no NVML" in text.stdout
+    assert (
+        f"big.service  waiting: ConditionPathExists={manifest.parent}"
+        "/inference/models/big/share/models/hub"
+    ) in text.stdout
+    if report["gpuError"] is not None:
+        assert "GPU memory per unit: no NVML" in text.stdout
 
 
 class FakeNvmlProcessMemory:
-    """Stands in for gpu.process_memory (NVML), which needs an NVIDIA driver this machine lacks."""
+    """Stands in for gpu.process_memory (NVML), which needs an NVIDIA driver, and on a machine
+    with one would show no process of the container's units."""
 
     def __init__(self, used: dict[int, int]) -> None:
         self.used = used
@@ -110,18 +161,18 @@ class FakeNvmlProcessMemory:
         return self.used
 
 
-def test_gpu_memory_is_summed_per_unit(state: tuple[SystemdContainer, Path, Path],
-                                       monkeypatch: pytest.MonkeyPatch):
+def test_gpu_memory_is_summed_per_unit(
+    state: tuple[SystemdContainer, Path, Path], monkeypatch: pytest.MonkeyPatch
+):
     ct, manifest, _entry = state
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", ct.bus_address)
     main_pid = systemd.unit_states(["tiny.service"])["tiny.service"].main_pid
     nvml = FakeNvmlProcessMemory({main_pid: 3 << 30, 999_999: 5 << 30})  # + someone else's
 
-    report = status.collect(Manifest.load(manifest), manifest.parent / "inference",
-                            gpu_memory=nvml)
+    report = status.collect(Manifest.load(manifest), manifest.parent / "inference", gpu_memory=nvml)
 
     assert nvml.calls == 1
     tiny, big = report.models
     assert tiny.units[0].gpu_bytes == 3 << 30
     assert big.units[0].gpu_bytes == 0
-    assert "tiny.service  active (running)  GPU 3.0 GiB" in status.render(report)
+    assert "tiny.service  active (running)  GPU 3.0 GiB" in render.status_text(report)
