@@ -53,6 +53,7 @@ class UnitState:
     exec_main_status: int
     main_pid: int
     pids: tuple[int, ...] = ()  # every process in the unit's cgroup (unit_states only)
+    since_usec: int = 0  # StateChangeTimestamp: when it entered its state (µs of the epoch)
 
     @classmethod
     def from_properties(cls, unit: str, props: Mapping[str, Any]) -> UnitState:
@@ -67,6 +68,7 @@ class UnitState:
             result=str(props.get("Result", "")),
             exec_main_status=int(props.get("ExecMainStatus", 0)),
             main_pid=int(props.get("MainPID", 0)),
+            since_usec=int(props.get("StateChangeTimestamp", 0)),
         )
 
     @property

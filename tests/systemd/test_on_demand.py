@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,19 @@ def journals(w: World) -> str:
     ).stdout
 
 
+def status_of(w: World, unit: str) -> dict[str, Any]:
+    """The unit's record in `model-pull status --json`, run inside the container."""
+    proc = w.model_pull("status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    units = [u for m in json.loads(proc.stdout)["models"] for u in m["units"]]
+    record: dict[str, Any] = next(u for u in units if u["unit"] == f"{unit}.service")
+    return record
+
+
+def container_now(w: World) -> datetime:
+    return datetime.fromtimestamp(float(w.ct.run(["date", "+%s.%N"]).stdout), UTC)
+
+
 def rss_kib(w: World, pid: str) -> int:
     return int(w.ct.run(["ps", "-o", "rss=", "-p", pid]).stdout.strip())
 
@@ -205,6 +219,11 @@ def test_1_before_any_pull_the_port_refuses(world: World) -> None:
     results = requests(world, [complete(MAIN), complete(CODER)])
     for r in results:
         assert r["error"] and r["error"].startswith("ConnectionRefusedError"), r
+    status = status_of(world, MAIN)
+    assert (status["onDemand"], status["idleTimeout"], status["serving"]) == (True, 900, "waiting")
+    assert status["sockets"] == [
+        {"unit": f"{MAIN}.socket", "activeState": "inactive", "subState": "dead"}
+    ]
 
 
 def test_2_the_pull_starts_the_sockets_and_a_cold_request_is_answered(world: World) -> None:
@@ -225,11 +244,19 @@ def test_2_the_pull_starts_the_sockets_and_a_cold_request_is_answered(world: Wor
     host_ns = world.ct.run(["readlink", "/proc/1/ns/net"]).stdout
     assert world.ct.run(["readlink", f"/proc/{runtime['MainPID']}/ns/net"]).stdout != host_ns
 
+    status = status_of(world, MAIN)
+    assert (status["serving"], status["mainPID"]) == ("running", int(runtime["MainPID"]))
+    since = datetime.fromisoformat(status["since"])
+    assert timedelta(0) <= container_now(world) - since < timedelta(minutes=1), status
+    assert status["sockets"][0]["activeState"] == "active"
+    assert status_of(world, CODER)["serving"] == "idle"  # listening, not started
+
 
 def test_3_idle_stop_frees_the_process_and_its_memory(world: World) -> None:
     runtime = world.unit(f"{MAIN}.service")
     pid = runtime["MainPID"]
     assert runtime["ActiveState"] == "active", runtime
+    since_running = datetime.fromisoformat(status_of(world, MAIN)["since"])
     rss = rss_kib(world, pid)
     assert rss > 0
     # while it runs it holds the GPU lock
@@ -244,6 +271,11 @@ def test_3_idle_stop_frees_the_process_and_its_memory(world: World) -> None:
     )
     assert world.ct.run(["flock", "--nonblock", LOCK, "true"], check=False).returncode == 0
     sockets_healthy(world)
+    status = status_of(world, MAIN)
+    assert (status["serving"], status["pids"]) == ("idle", []), status
+    assert datetime.fromisoformat(status["since"]) > since_running
+    text = world.model_pull("status").stdout
+    assert f"{MAIN}.service  inactive (dead)  on demand, idle timeout 900 s: idle since " in text
     print(f"idle stop freed pid {pid}: {rss} KiB resident before, no process after")
 
 
@@ -368,8 +400,22 @@ def test_8_two_models_on_one_gpu_take_turns(world: World) -> None:
     assert min(r["end"] for r in coders) > stopped_at(world, MAIN) > stream["start"]
     assert state(world, f"{CODER}.service") == "active"
 
-    # and the other way round: CODER now holds the GPU, MAIN waits for it to go idle
-    results = requests(world, [complete(MAIN), complete(CODER, at=0.3), complete(CODER, at=0.6)])
+    # and the other way round: CODER now holds the GPU, MAIN waits for it to go idle (and
+    # `model-pull status` says so meanwhile)
+    done: list[dict[str, Any]] = []
+    specs = [complete(MAIN), complete(CODER, at=0.3), complete(CODER, at=0.6)]
+    batch = threading.Thread(target=lambda: done.extend(requests(world, specs)))
+    batch.start()
+    try:
+        queued = wait_for(
+            lambda: (s := status_of(world, MAIN))["serving"] == "starting" and s,
+            "MAIN to wait for the GPU",
+        )
+        assert status_of(world, CODER)["serving"] == "running"
+    finally:
+        batch.join()
+    assert queued["pids"], queued  # its process is there, waiting for the lock
+    results = done
     world.ct.run(["systemctl", "stop", "gpu-watch.service"])
     assert all(answered(r) for r in results), (results, journals(world))
     assert results[0]["end"] > stopped_at(world, CODER) > max(r["end"] for r in results[1:])
