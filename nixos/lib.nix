@@ -425,12 +425,13 @@ rec {
               `idleTimeout` (10 minutes at most), which use alone never reaches.
 
               On-demand runtimes that share a GPU (a GPU in both `gpus`, compared as written;
-              `null` means every GPU) never run at the same time: a request for one that is not running waits until the running
-              one has had no connection for its own `idleTimeout`, then this one loads. This is a
-              queue, not pre-emption: a busy model is never stopped for another. A client's timeout
-              must cover the other model's remaining requests, its `idleTimeout`, and this
-              model's load time; the unit's `TimeoutStartSec` (15 minutes) bounds that wait, after
-              which the request gets a reset and the next one queues again.
+              `null` means every GPU, `[ ]` none) never run at the same time: a request for one
+              that is not running waits until the running one has had no connection for its own
+              `idleTimeout`, then this one loads. This is a queue, not pre-emption: a busy model
+              is never stopped for another. A client's timeout must cover the other model's
+              remaining requests, its `idleTimeout`, and this model's load time; the unit's
+              `TimeoutStartSec` (15 minutes) bounds that wait, after which the request gets a
+              reset and the next one queues again.
             '';
           };
           idleTimeout = lib.mkOption {
@@ -471,7 +472,8 @@ rec {
     if gpus == null then
       lock "--exclusive" "all"
     else
-      lock "--shared" "all" ++ lib.concatMap (g: lock "--exclusive" "gpu-${g}") (lib.sort (a: b: a < b) (lib.unique gpus));
+      lock "--shared" "all"
+      ++ lib.concatMap (g: lock "--exclusive" "gpu-${g}") (lib.sort (a: b: a < b) (lib.unique gpus));
 
   # The script of the readiness gate, the proxy's start and the cleanup after a crash.
   onDemandScript =
@@ -488,8 +490,12 @@ rec {
   # The host the runtime binds: its own address, or loopback in its private network namespace.
   bindHost = inst: if inst.onDemand.enable then "127.0.0.1" else inst.host;
 
+  # The socket unit of a listener of `unit` (without .socket): "" is the main one.
+  onDemandSocket = unit: l: if l.name == "" then unit else "${unit}-${l.name}";
+
   # The units of one runtime: { services; sockets; } for `systemd`. Always-on: the service as
-  # given. On demand (after notes measured with systemd 252 and a real llama-server):
+  # given. On demand (systemd.socket(5), systemd-socket-proxyd(8); each choice below was
+  # tested with systemd 252 and a real llama-server, tests/systemd/test_on_demand.py):
   # - `<socket>.socket` per listener on the public address, gated like the runtime
   #   (ConditionPathExists), activating `<socket>-proxy.service`;
   # - the proxy: systemd-socket-proxyd --exit-idle-time, in the runtime's network namespace
@@ -521,10 +527,15 @@ rec {
       let
         script = lib.getExe' (onDemandScript pkgs) "inference-on-demand";
         healthUrl = "http://127.0.0.1:${toString health.port}${health.path}";
-        socketName = l: if l.name == "" then unit else "${unit}-${l.name}";
+        socketName = onDemandSocket unit;
         proxyName = l: "${socketName l}-proxy";
+        # An IPv6 address goes in brackets: [::1]:8080.
         listenStream =
-          l: if lib.hasInfix ":" l.host then "[${l.host}]:${toString l.port}" else "${l.host}:${toString l.port}";
+          l:
+          if lib.hasInfix ":" l.host then
+            "[${l.host}]:${toString l.port}"
+          else
+            "${l.host}:${toString l.port}";
         # The runtime's hardening, less what a proxy has no use for: sockets and a loopback port,
         # no devices, no state root, no restarts of its own.
         proxyHardening =
@@ -585,14 +596,17 @@ rec {
             # (with the default Type=simple it could run before, and see no runtime).
             Type = "exec";
             ExecStart =
-              execLine (gpuLockArgs (lib.getExe' pkgs.util-linux "flock") gpus) + " " + service.serviceConfig.ExecStart;
+              execLine (gpuLockArgs (lib.getExe' pkgs.util-linux "flock") gpus)
+              + " "
+              + service.serviceConfig.ExecStart;
             ExecStartPost = execLine [
               script
               "ready"
               healthUrl
             ];
             # '+': with the privileges to stop the proxies (it stops nothing after a clean stop).
-            ExecStopPost = "+" + execLine ([ script "stopped" ] ++ map (l: "${proxyName l}.service") listeners);
+            ExecStopPost =
+              "+" + execLine ([ script "stopped" ] ++ map (l: "${proxyName l}.service") listeners);
             PrivateNetwork = true;
             ReadWritePaths = [ gpuLockDir ];
             Restart = "no";
@@ -628,7 +642,7 @@ rec {
     if onDemand.enable then
       {
         inherit (onDemand) idleTimeout;
-        sockets = map (l: if l.name == "" then "${unit}.socket" else "${unit}-${l.name}.socket") listeners;
+        sockets = map (l: "${onDemandSocket unit l}.socket") listeners;
       }
     else
       null;
