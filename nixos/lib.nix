@@ -490,6 +490,12 @@ rec {
   # The host the runtime binds: its own address, or loopback in its private network namespace.
   bindHost = inst: if inst.onDemand.enable then "127.0.0.1" else inst.host;
 
+  # A runtime module serves its instances on demand with four of these: `onDemand =
+  # onDemandOption "<label>"` among the instance's options, `bindHost inst` as the address its
+  # runtime binds, `systemd = onDemandUnits { ... }` instead of `systemd.services.<unit>`, and
+  # `onDemand = onDemandRecord <unit> inst.onDemand <listeners>` in its runtimeUnits record
+  # (llama-server.nix, hfInstancesConfig and triton.nix do so).
+
   # The socket unit of a listener of `unit` (without .socket): "" is the main one.
   onDemandSocket = unit: l: if l.name == "" then unit else "${unit}-${l.name}";
 

@@ -77,7 +77,7 @@ def status_text(report: status_mod.Report) -> str:
         for u in m.units:
             state = u.state.describe() if u.state else "unknown (no bus)"
             gpu = "" if report.gpu_error else f"  GPU {human_bytes(u.gpu_bytes or 0)}"
-            lines.append(f"  {u.unit}  {state}  {serving_text(u)}{gpu}")
+            lines.append(f"  {u.unit}  {state}{gpu}  {serving_text(u)}")
     if not report.models:
         lines.append(f"no models declared in {report.manifest}")
     if report.gpu_error:
