@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 PROJECT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(PROJECT / "tests" / "systemd"), str(PROJECT / "helper")]
+sys.path[:0] = [str(PROJECT / "tests" / "systemd"), str(PROJECT / "tests"), str(PROJECT / "helper")]
 
 from serving_world import World, llama_server_binary, package_dir, serving_world  # noqa: E402
 from test_on_demand import CODER, HOST, MAIN, PORTS, setup_hub  # noqa: E402

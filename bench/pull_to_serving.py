@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(PROJECT / "tests" / "systemd"), str(PROJECT / "helper")]
+sys.path[:0] = [str(PROJECT / "tests" / "systemd"), str(PROJECT / "tests"), str(PROJECT / "helper")]
 
 from serving_world import World, llama_server_binary, package_dir, serving_world  # noqa: E402
 from test_pull_to_serving import (  # noqa: E402

@@ -18,45 +18,48 @@
 #
 # URL is http://ADDRESS:PORT/PATH (an IPv4 address or a name; no IPv6 literal).
 
-# The HTTP status of GET URL ("" when nothing answers), with bash's own /dev/tcp: no process
-# is started, so polling costs almost nothing.
+# The HTTP status of GET URL in $status ("" when nothing answers), with bash's own /dev/tcp and
+# no subshell: polling starts no process, so it takes no CPU from the runtime that loads.
 http_status() {
-  local rest host port path fd code=""
+  local rest host port path fd
+  status=""
   rest=${1#http://}
   path=/${rest#*/}
   host=${rest%%/*}
   port=${host##*:}
   host=${host%:*}
-  exec {fd}<>"/dev/tcp/$host/$port" || return 0
-  printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$host" >&"$fd" || true
-  IFS=' ' read -r -t 10 _ code _ <&"$fd" || true
+  { exec {fd}<>"/dev/tcp/$host/$port"; } 2>/dev/null || return 0
+  { printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$host" >&"$fd"; } 2>/dev/null || true
+  IFS=' ' read -r -t 10 _ status _ <&"$fd" || true
   exec {fd}>&-
-  printf '%s' "$code"
 }
 
 ready() {
-  local url=$1 waited=0 status
+  local url=$1 waited=0 pause
+  # A pipe nobody writes to: `read -t` on it sleeps without starting `sleep`.
+  exec {pause}<> <(:)
   while :; do
     if [ -n "${MAINPID:-}" ] && ! kill -0 "$MAINPID" 2>/dev/null; then
       echo "inference-on-demand: the runtime (pid $MAINPID) exited before $url answered" >&2
       exit 1
     fi
-    status=$(http_status "$url" 2>/dev/null)
+    http_status "$url"
     [ "$status" = 200 ] && exit 0
-    # Every 10 ms for 5 s (a small model), then every 250 ms (a large one, or the wait for
+    # Every 5 ms for 5 s (a small model), then every 250 ms (a large one, or the wait for
     # the GPU lock, takes minutes; systemd's TimeoutStartSec bounds the whole wait).
-    if [ "$waited" -lt 500 ]; then
+    if [ "$waited" -lt 1000 ]; then
       waited=$((waited + 1))
-      sleep 0.01
+      read -r -t 0.005 -u "$pause" _ || true
     else
-      sleep 0.25
+      read -r -t 0.25 -u "$pause" _ || true
     fi
   done
 }
 
 proxy() {
   local url=$1 idle=$2 proxyd=$3 backend=$4
-  if [ "$(http_status "$url" 2>/dev/null)" != 200 ]; then
+  http_status "$url"
+  if [ "$status" != 200 ]; then
     echo "inference-on-demand: $url does not answer (the runtime failed to start): the waiting connections get a reset" >&2
     idle=1s
   fi
