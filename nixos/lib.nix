@@ -475,15 +475,11 @@ rec {
       lock "--shared" "all"
       ++ lib.concatMap (g: lock "--exclusive" "gpu-${g}") (lib.sort (a: b: a < b) (lib.unique gpus));
 
-  # The script of the readiness gate, the proxy's start and the cleanup after a crash.
+  # The script of the readiness gate and the proxy's start (bash builtins only).
   onDemandScript =
     pkgs:
     pkgs.writeShellApplication {
       name = "inference-on-demand";
-      runtimeInputs = [
-        pkgs.coreutils
-        pkgs.systemd
-      ];
       text = builtins.readFile ./on-demand.sh;
     };
 
@@ -508,9 +504,11 @@ rec {
   #   (JoinsNamespaceOf=); Wants= + After= the runtime, never Requires= (a failed start would
   #   fail the proxy's job, the socket would trigger again and again and end in
   #   trigger-limit-hit, refusing every later client); PartOf= its socket; stopped with the
-  #   runtime (StopPropagatedFrom=) but not restarted with it (a proxy started with no client
-  #   never times out); no start limit of its own (the runtime's protects the machine, and a
-  #   proxy that hit one would take the socket down);
+  #   runtime (StopPropagatedFrom=: when it is stopped, and when it dies while the proxy runs,
+  #   but not while the proxy still waits to accept the clients of a failed start) and not
+  #   restarted with it (a proxy started with no client never times out); no start limit of
+  #   its own (the runtime's protects the machine, and a proxy that hit one would take the
+  #   socket down);
   # - the runtime: StopWhenUnneeded= (it stops when its proxies exit), its GPU lock, its own
   #   network namespace on loopback, the readiness gate, Restart=no (the next request is the
   #   retry: an automatic restart would reload a model nobody asked for).
@@ -610,9 +608,6 @@ rec {
               "ready"
               healthUrl
             ];
-            # '+': with the privileges to stop the proxies (it stops nothing after a clean stop).
-            ExecStopPost =
-              "+" + execLine ([ script "stopped" ] ++ map (l: "${proxyName l}.service") listeners);
             PrivateNetwork = true;
             ReadWritePaths = [ gpuLockDir ];
             Restart = "no";

@@ -1,6 +1,6 @@
-# inference-on-demand: the three steps of an on-demand runtime unit that systemd cannot do by
+# inference-on-demand: the two steps of an on-demand runtime's units that systemd cannot do by
 # itself (nixos/lib.nix, onDemandUnits). Packaged with writeShellApplication (bash with
-# errexit, nounset, pipefail; coreutils and systemd on PATH).
+# errexit, nounset, pipefail).
 #
 #   inference-on-demand ready URL
 #       ExecStartPost= of the runtime (Type=exec: it runs once the runtime is exec'd, as the
@@ -10,11 +10,6 @@
 #       ExecStart= of the proxy: exec PROXYD --exit-idle-time=IDLE BACKEND. When the runtime does
 #       not answer (it failed to start), 1s instead of IDLE: the waiting clients get a reset, and
 #       the proxy exits a second later, so the next request starts the runtime again.
-#   inference-on-demand stopped PROXY...
-#       ExecStopPost=+ of the runtime: after a crash (SERVICE_RESULT is not "success"), stop the
-#       proxies that still forward to it, so the next request starts it again. A proxy that is
-#       still waiting to start is left alone (--job-mode=fail): it must accept the clients queued
-#       in the socket, or systemd would trigger the socket again and again.
 #
 # URL is http://ADDRESS:PORT/PATH (an IPv4 address or a name; no IPv6 literal).
 
@@ -66,22 +61,14 @@ proxy() {
   exec "$proxyd" --exit-idle-time="$idle" "$backend"
 }
 
-stopped() {
-  [ "${SERVICE_RESULT:-success}" = success ] && exit 0
-  local unit
-  for unit in "$@"; do
-    systemctl --no-block --job-mode=fail stop "$unit" 2>/dev/null || true
-  done
-}
-
 case "${1:-}" in
-ready | proxy | stopped)
+ready | proxy)
   command=$1
   shift
   "$command" "$@"
   ;;
 *)
-  echo "usage: inference-on-demand ready URL | proxy URL IDLE PROXYD BACKEND | stopped PROXY..." >&2
+  echo "usage: inference-on-demand ready URL | proxy URL IDLE PROXYD BACKEND" >&2
   exit 2
   ;;
 esac

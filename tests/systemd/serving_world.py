@@ -153,7 +153,6 @@ def system_tools(base: Path, host: str) -> dict[str, Path]:
     if systemd_pkg in used:
         tools[systemd_pkg] = package_dir(base, "systemd", {
             "lib/systemd/systemd-socket-proxyd": Path("/usr/lib/systemd/systemd-socket-proxyd"),
-            "bin/systemctl": Path("/usr/bin/systemctl"),
         })
     if golden["packages"]["util-linux"] in used:
         tools[golden["packages"]["util-linux"]] = package_dir(
@@ -162,7 +161,7 @@ def system_tools(base: Path, host: str) -> dict[str, Path]:
         script = (PROJECT / "nixos" / "on-demand.sh").read_text()
         tools[path] = package_dir(base, "inference-on-demand", {
             "bin/inference-on-demand": "#!/bin/bash\nset -o errexit\nset -o nounset\n"
-            f"set -o pipefail\nexport PATH=\"{systemd_pkg}/bin:/usr/bin:$PATH\"\n{script}",
+            f"set -o pipefail\n{script}",
         })
     return tools
 

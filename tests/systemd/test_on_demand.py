@@ -9,10 +9,11 @@ One container for the whole module; the steps run in order and build on each oth
    its GPU lock is free, the socket still listens;
 4. concurrent cold requests are all answered by one start;
 5. a streaming request longer than idleTimeout keeps the runtime up;
-6. a model llama-server cannot load fails fast (the gate notices), every next request tries
+6. a runtime killed in use takes its proxy along, and the next request starts a new one;
+7. a model llama-server cannot load fails fast (the gate notices), every next request tries
    again until the start limit, and the socket never fails;
-7. the pull of a good model resets that and serves;
-8. requests for both models, overlapping from both sides, are all answered, with never two
+8. the pull of a good model resets that and serves;
+9. requests for both models, overlapping from both sides, are all answered, with never two
    runtimes loaded at once, and no socket fails.
 
 The one change to the rendered units: idleTimeout is 4 s here instead of the host's 900 s and
@@ -331,7 +332,24 @@ def test_5_a_streaming_request_keeps_the_runtime_up(world: World) -> None:
     )
 
 
-def test_6_a_broken_model_fails_fast_and_every_next_request_tries_again(world: World) -> None:
+def test_6_a_crash_in_use_is_cleared_for_the_next_request(world: World) -> None:
+    (r,) = requests(world, [complete(MAIN)])
+    assert answered(r), r
+    crashed = world.unit(f"{MAIN}.service")["MainPID"]
+    proxy = f"{MAIN}-proxy.service"
+    stops = world.ct.journal(proxy, lines=2000).count(f"Stopped {proxy}")
+    world.ct.run(["kill", "-KILL", crashed])
+    wait_for(lambda: state(world, proxy) == "inactive", "the proxy of the crashed runtime to stop")
+    assert world.unit(f"{MAIN}.service")["Result"] == "signal"
+    # stopped with it (StopPropagatedFrom=), not left to forward to nothing until it idles out
+    assert world.ct.journal(proxy, lines=2000).count(f"Stopped {proxy}") == stops + 1
+    (r,) = requests(world, [complete(MAIN)])
+    assert answered(r), (r, journals(world))
+    assert world.unit(f"{MAIN}.service")["MainPID"] not in ("0", crashed)
+    sockets_healthy(world)
+
+
+def test_7_a_broken_model_fails_fast_and_every_next_request_tries_again(world: World) -> None:
     # CODER's entry is the cut-off GGUF; StartLimitBurst=5 within 5 x IDLE
     for attempt in range(1, 6):
         wait_for(
@@ -354,7 +372,7 @@ def test_6_a_broken_model_fails_fast_and_every_next_request_tries_again(world: W
     sockets_healthy(world)
 
 
-def test_7_the_pull_of_a_good_model_serves_it(world: World) -> None:
+def test_8_the_pull_of_a_good_model_serves_it(world: World) -> None:
     world.hub.add_repo(CODER_REPO, {CODER_FILE: write_tiny_gguf(world.base / "coder.gguf", seed=3)})
     proc = world.model_pull()
     assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -364,7 +382,7 @@ def test_7_the_pull_of_a_good_model_serves_it(world: World) -> None:
     sockets_healthy(world)
 
 
-def test_8_two_models_on_one_gpu_take_turns(world: World) -> None:
+def test_9_two_models_on_one_gpu_take_turns(world: World) -> None:
     wait_idle(world, CODER)
     wait_idle(world, MAIN)
     # how many llama-server processes run at once (a runtime waiting for the lock is `flock`;
