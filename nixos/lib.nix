@@ -576,6 +576,10 @@ rec {
             StartLimitIntervalSec = 0;
           };
           serviceConfig = proxyHardening // {
+            # Its socket by name: nixos-rebuild switch then treats it as socket-activated (stops
+            # it and restarts the socket when it changes; a restarted proxy has no client and
+            # would never time out).
+            Sockets = "${socketName l}.socket";
             ExecStart = execLine [
               script
               "proxy"

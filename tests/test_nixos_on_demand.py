@@ -74,6 +74,8 @@ def test_a_runtime_on_demand_is_a_socket_a_proxy_and_a_runtime(tmp_path: Path) -
         f'"proxy" "http://127.0.0.1:9000/health" "30s" "{proxyd}" "127.0.0.1:9000"'
     )
     assert (psc["PrivateNetwork"], psc["PrivateDevices"], psc["Restart"]) == (True, True, "no")
+    # switch-to-configuration finds its socket by Sockets= (it is not llama-server-a-proxy.socket)
+    assert psc["Sockets"] == "llama-server-a.socket"
     assert "DeviceAllow" not in psc and "ReadOnlyPaths" not in psc
     assert psc["User"] == "inference" and psc["CapabilityBoundingSet"] == [""]
 
