@@ -38,8 +38,10 @@ from typing import Any
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(PROJECT / "tests" / "systemd"), str(PROJECT / "tests"), str(PROJECT / "helper")]
 
-from serving_world import World, llama_server_binary, package_dir, serving_world  # noqa: E402
+from serving_world import World, package_dir, serving_world  # noqa: E402
 from test_on_demand import CODER, HOST, MAIN, PORTS, setup_hub  # noqa: E402
+
+from real_runtimes import llama_server_binary  # noqa: E402
 
 IDLE = 2
 COMPLETION = {"prompt": "Hello", "max_tokens": 4, "ignore_eos": True, "temperature": 0}

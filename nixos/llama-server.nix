@@ -113,8 +113,10 @@ let
             no-webui = true;
           };
           description = ''
-            More llama-server flags, by long name (RFC 42): `{ spec-draft-n-max = 16; no-webui = true; }`
-            gives `--spec-draft-n-max 16 --no-webui`.
+            More llama-server flags, by long name (RFC 42): `{ spec-draft-n-max = 16; webui = false; }`
+            gives `--spec-draft-n-max 16 --no-webui`; a list gives one comma-separated value, as
+            llama.cpp reads several values. An option the llama-server model-pull was tested with
+            does not have is a warning.
           '';
         };
         extraArgs = mkOption {
@@ -164,7 +166,10 @@ let
           "-ngld"
           inst.gpuLayers
         ]
-        ++ ilib.settingsToArgs inst.settings
+        ++ ilib.settingsToArgs {
+          args = ilib.argsOf "llama-server" cfg.package;
+          lists = "comma";
+        } inst.settings
         ++ inst.extraArgs;
     in
     {
@@ -268,7 +273,12 @@ in
     warnings = lib.concatLists (
       lib.mapAttrsToList (
         name: inst:
-        lib.optional (inst.onDemand.enable && inst.metrics)
+        (ilib.settingsChecks {
+          option = "services.inference.llama-server.instances.${name}.settings";
+          label = "llama-server";
+          args = ilib.argsOf "llama-server" cfg.package;
+        } inst.settings).warnings
+        ++ lib.optional (inst.onDemand.enable && inst.metrics)
           "services.inference.llama-server.instances.${name}: metrics with onDemand: a scrape of /metrics is a request, which starts the model and keeps it loaded."
       ) cfg.instances
     );

@@ -207,7 +207,22 @@ def _finish(
     logger.info("verified and hashed %d bytes in %.2f s", nar.size, time.monotonic() - t0)
     if options.expect_nar and nar.sri != options.expect_nar:
         raise pin_mismatch(spec, nar.sri, options.expect_nar)
-    entry = root.install(staging, name, nar)
+    return install_verified(root, staging, name, spec, nar, options, extra_record)
+
+
+def install_verified(
+    root: StateRoot,
+    tree: Path,
+    name: str,
+    spec: EntrySpec,
+    nar: NarResult,
+    options: Options,
+    extra_record: dict[str, Any],
+) -> Installed:
+    """Install a tree whose NAR hash is known to be `nar` (hashed here, or checked by Nix when
+    substituted from a binary cache): rename it into store/, switch models/<name>, link the pin,
+    record the pull. The tree must be under the root's staging/."""
+    entry = root.install(tree, name, nar)
     previous = root.switch(name, entry)
     if options.expect_nar:
         root.link_by_hash(nar.sri, entry)
@@ -286,12 +301,18 @@ def fetch(
     progress: Progress,
     wait: bool = True,
     preflight: Callable[[str, list[hub.RemoteFile]], None] | None = None,
+    substitute: Callable[[], Installed | None] | None = None,
 ) -> Installed:
+    """Pull `repo` at `revision` from the Hub. `substitute` (a pinned model, with binary caches:
+    substitute.py) is asked first, after the offline up-to-date check: an entry it returns is
+    installed already, None means the Hub."""
     name = options.model_name(repo)
     if hub.COMMIT_RE.match(revision):
         done = up_to_date(root, name, options.spec(repo, revision), options)
         if done is not None:
             return _pinned(root, done, options, wait)
+    if substitute is not None and (done := substitute()) is not None:
+        return done
     commit = hub.resolve_revision(repo, revision, remote)
     spec = options.spec(repo, commit)
     # The commit and the options decide the entry: a branch that did not move costs one request.

@@ -35,10 +35,11 @@ from typing import Any
 
 import pytest
 from container import PROJECT, unavailable_reason
-from serving_world import World, llama_server_binary, package_dir, serving_world
+from serving_world import World, package_dir, serving_world
 
 from model_pull.devhub import DevHub
 from model_pull.tinymodels import DRAFT_GGUF_SHAPE, GGUF_SHAPE, write_tiny_gguf
+from real_runtimes import llama_server_binary
 
 sys.path.insert(0, str(PROJECT / "tests" / "nix"))
 from render_units import render
