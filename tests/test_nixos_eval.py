@@ -104,6 +104,7 @@ def test_hosts_evaluate_without_failed_assertions(golden: dict[str, Any]) -> Non
         "l4-box",
         "fleet-puller",
         "fleet-node",
+        "vllm-on-demand",  # a test host: tests/nix/vllm-on-demand.nix
     }
     for host, data in golden["hosts"].items():
         assert data["assertions"] == [], host

@@ -84,7 +84,14 @@ let
         (../../hosts + "/${file}")
       ])
     )
-  ) hostFiles;
+  ) hostFiles
+  # A test host (not an example machine; see the file).
+  // {
+    vllm-on-demand = summarise (evalWith [
+      ../../nixos
+      ./vllm-on-demand.nix
+    ]);
+  };
 
   # The flake's nixosModules, with nixpkgs' lib only (its other outputs need nixpkgs).
   flake = (import ../../flake.nix).outputs {
