@@ -464,7 +464,6 @@ def test_the_stubs_have_only_packages_nixpkgs_has(tmp_path: Path) -> None:
         "writeShellScriptBin",
         "writeShellApplication",
         "formats",
-        "systemd",
         "util-linux",
     }
     assert names["python"] == ["callPackage", "toPythonApplication", "torch"]

@@ -300,7 +300,7 @@ def fetch(
     *,
     progress: Progress,
     wait: bool = True,
-    preflight: Callable[[str, list[hub.RemoteFile]], None] | None = None,
+    preflight: Callable[[str, list[hub.RemoteFile]], object] | None = None,
     substitute: Callable[[], Installed | None] | None = None,
 ) -> Installed:
     """Pull `repo` at `revision` from the Hub. `substitute` (a pinned model, with binary caches:
