@@ -48,7 +48,7 @@ from real_runtimes import llama_server_binary  # noqa: E402
 # unit for `settle` = 2 s, so a crash right after start is reported, not missed).
 TIMED_RESTART = """
 import json, os, subprocess, sys, threading, time, urllib.request
-from model_pull import systemd
+from model_pull import systemd, units
 mode, unit, socket, url = sys.argv[1:5]
 # 10 restarts in a row would hit the unit's StartLimitBurst=5 (a manual or D-Bus restart
 # counts too): reset the counter, untimed
@@ -73,7 +73,7 @@ def poll():
 t0 = time.perf_counter()
 poller = threading.Thread(target=poll); poller.start()
 if mode == "pull":
-    systemd.raise_for_failed(systemd.start_on_demand({unit: [socket]}))
+    units.raise_for_failed(systemd.start_on_demand({unit: [socket]}))
 else:
     subprocess.run(["systemctl", "restart", unit], check=True)
 returned = time.perf_counter()
