@@ -53,6 +53,7 @@ let
           '';
         };
         gpus = ilib.gpusOption "TensorRT-LLM";
+        onDemand = ilib.onDemandOption "TensorRT-LLM";
         settings = mkOption {
           type = types.attrsOf types.anything;
           default = { };
@@ -125,7 +126,7 @@ let
         "${ilib.hubCache top.root inst.model m}/${ilib.hubRepoDir m.repo}"
         (lib.getExe' inst.package "trtllm-serve")
         "--host"
-        inst.host
+        (ilib.bindHost inst)
         "--port"
         inst.port
       ]
@@ -211,7 +212,9 @@ in
           "hf"
         ];
         inherit (cfg) instances;
-        inherit models unitName mkService;
+        inherit pkgs models unitName mkService;
+        # trtllm-serve listens once the LLM is built (weights loaded, KV cache allocated).
+        healthPath = "/health";
       })
       {
         assertions =

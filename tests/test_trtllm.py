@@ -44,9 +44,12 @@ def exec_argv(exec_start: str) -> list[str]:
 
 
 def serve_argv(unit: dict[str, Any], snapshot: str) -> list[str]:
-    """What trtllm-serve receives: the launcher runs `PROGRAM serve <snapshot> ARG...`."""
-    launcher, _repo_dir, program, *rest = exec_argv(unit["serviceConfig"]["ExecStart"])
-    assert launcher.endswith("/bin/trtllm-serve-snapshot") and program.endswith("/bin/trtllm-serve")
+    """What trtllm-serve receives: the launcher runs `PROGRAM serve <snapshot> ARG...` (on
+    demand, behind the GPU lock's flock)."""
+    argv = exec_argv(unit["serviceConfig"]["ExecStart"])
+    (start,) = [i for i, a in enumerate(argv) if a.endswith("/bin/trtllm-serve-snapshot")]
+    _repo_dir, program, *rest = argv[start + 1 :]
+    assert program.endswith("/bin/trtllm-serve")
     return ["serve", snapshot, *rest]
 
 
@@ -328,3 +331,22 @@ def test_a_release_without_served_model_name_gets_no_such_flag(tmp_path: Path) -
     result = evaluate(expr, tmp_path)
     argv = exec_argv(result["units"]["trtllm-t.service"]["serviceConfig"]["ExecStart"])
     assert "--served_model_name" not in argv and "--host" in argv
+
+
+@needs_nix[0]
+@needs_nix[1]
+@needs_nix[2]
+def test_trtllm_on_demand_binds_loopback_behind_its_socket_and_gates_on_health(
+    tmp_path: Path,
+) -> None:
+    """The same onDemand as the other runtimes (nixos/lib.nix, onDemandUnits): the public
+    address is a socket, trtllm-serve binds loopback, and the proxy waits for its /health."""
+    result = evaluate(module('host = "0.0.0.0"; onDemand.enable = true;'), tmp_path)
+    assert result["assertions"] == []
+    units = result["units"]
+    assert units["trtllm-t.socket"]["listenStreams"] == ["0.0.0.0:8000"]
+    sc = units["trtllm-t.service"]["serviceConfig"]
+    parsed = standin.parse(serve_argv(units["trtllm-t.service"], "/s"))
+    assert (parsed["host"], parsed["port"]) == ("127.0.0.1", 8000)
+    assert sc["ExecStartPost"].endswith('"ready" "http://127.0.0.1:8000/health"')
+    assert result["manifest"]["units"]["trtllm-t.service"]["onDemand"]["idleTimeout"] == 300
