@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from model_pull.datamodel import (
+    JSON_MAX_DEPTH,
     EntryManifest,
     EntrySpec,
     FileRecord,
     Layout,
     json_bytes,
+    json_depth,
     validate_triton_name,
 )
 from model_pull.errors import ExitCode, ModelPullError
@@ -134,6 +136,13 @@ def parse_engine_args(pairs: Sequence[str]) -> dict[str, Any]:
             out[key] = json.loads(raw)
         except ValueError:
             out[key] = raw
+        except RecursionError:
+            out[key] = None
+        if not json_depth(out[key]):
+            raise ModelPullError(
+                ExitCode.USAGE,
+                f"--vllm-arg {key}: the value nests deeper than {JSON_MAX_DEPTH}",
+            )
     validate_engine_args(out)
     return out
 
@@ -174,10 +183,13 @@ def patch_tokenizer_config(data: bytes) -> bytes | None:
     return data.replace(b'"TokenizersBackend"', b'"PreTrainedTokenizerFast"')
 
 
+PATCH_MAX = 64 << 20  # a tokenizer_config.json read into memory to patch it
+
+
 def _place(src: Path, dst: Path, *, link: bool) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if link:
-        os.link(src, dst)
+        os.link(src, dst, follow_symlinks=False)
     else:
         shutil.copyfile(src, dst)
 
@@ -199,11 +211,15 @@ def build(staging: Path, spec: EntrySpec, files: Sequence[Placed], *, link: bool
     for f in sorted(files, key=lambda f: f.path):
         dst = staging / spec.file_path(f.path)
         record: FileRecord = {"path": f.path, "size": f.size, "sha256": f.sha256}
-        patched = (
-            patch_tokenizer_config(f.source.read_bytes())
-            if spec.patch_tokenizer and Path(f.path).name == TOKENIZER_CONFIG
-            else None
-        )
+        patched = None
+        if spec.patch_tokenizer and Path(f.path).name == TOKENIZER_CONFIG:
+            if f.size > PATCH_MAX:
+                raise ModelPullError(
+                    ExitCode.BAD_INPUT,
+                    f"{f.path} is {f.size} bytes: too big to be a tokenizer config",
+                    hint="drop --patch-tokenizer, or report the repository",
+                )
+            patched = patch_tokenizer_config(f.source.read_bytes())
         if patched is not None:
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_bytes(patched)
