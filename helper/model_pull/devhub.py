@@ -456,6 +456,9 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "devhub/0.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY the body of a small
+    # file waits for the client's delayed ACK (40 ms a response).
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:

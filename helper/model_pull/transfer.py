@@ -266,6 +266,8 @@ class Transfer:
 
     def start(self) -> None:
         for job in self.jobs:
+            if not job.part.complete and all(r.complete for r in job.part.ranges):
+                job.part.finish()  # an earlier run was stopped between its last byte and this
             if job.part.complete:
                 job.advanced()
                 self.on_file(job)
