@@ -439,6 +439,7 @@ def _run_jobs(
         connections,
         on_bytes=progress.add_bytes,
         on_file=lambda job: progress.file_done(),
+        lead=transfer.LEAD,
     )
     progress.start(len(chosen), total)
     progress.add_bytes(on_disk)
@@ -464,11 +465,15 @@ def _run_jobs(
             nar = _verify_and_hash(
                 staging, spec, placed, expected, progress, source=_growing(jobs, run)
             )
-            t_last = time.monotonic()
             run.wait()
         logger.info("downloaded and hashed %d bytes in %.2f s", nar.size, time.monotonic() - t0)
         installed = _finish(root, staging, name, spec, nar, options, {"source": "hub"})
-        logger.info("installed %.3f s after the last byte was hashed", time.monotonic() - t_last)
+        if run.last_byte_at is not None:
+            logger.info(
+                "models/%s switched %.3f s after the last byte arrived",
+                name,
+                time.monotonic() - run.last_byte_at,
+            )
     except transfer.CancelledError:
         remove_tree(staging)
         if run.error is not None:

@@ -2,7 +2,8 @@
 
 A file is cut into ranges of `RANGE_SIZE` bytes. `connections` workers take the next range of
 the next file, in the order the files are given (the order the entry's NAR hash reads them),
-and write it with `pwrite` into `<etag>.incomplete`; `<etag>.ranges` keeps, per range, how many
+never more than `LEAD` bytes ahead of the hashing, and write it with `pwrite` into
+`<etag>.incomplete`; `<etag>.ranges` keeps, per range, how many
 bytes are on disk (a counter written after the bytes: a kill -9 at any moment leaves it at or
 below the truth). The next run continues each range where it stopped. A server that ignores
 Range requests (`200` instead of `206`) gets one connection for the file, which skips what is
@@ -26,6 +27,7 @@ import logging
 import os
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RANGE_SIZE = 16 << 20
+RANGE_SIZE = 8 << 20
+# How far the downloads may run ahead of the hashing (pull.py reads each file in order while
+# it arrives): what is left to hash after the last byte. At most LEAD bytes, and no more than
+# the hashing does in TAIL_TARGET seconds (measured while it runs), whatever the model's size.
+LEAD = 160 << 20
+TAIL_TARGET = 0.15
+_MEASURED_AFTER = 32 << 20  # bytes hashed before the hashing's speed is trusted
 CONNECTIONS_ENV = "MODEL_PULL_CONNECTIONS"
 # 20 connections at the 64 MB/s a CDN commonly allows one connection fill a 10 Gb/s link.
 DEFAULT_CONNECTIONS = 20
@@ -190,6 +198,8 @@ class Job:
     xet: Callable[[], Path] | None = None  # hf-xet download to a local path, when the Hub opts in
     mode: str = "unknown"  # "ranges", "single" (the server ignores Range), "xet"
     error: BaseException | None = None
+    hashed: int = 0  # bytes from offset 0 its reader has read
+    on_hashed: Callable[[int, float], None] | None = None  # (bytes read, seconds waited)
     _front: int = 0  # index of the first range that is not complete
     cond: threading.Condition = field(default_factory=threading.Condition)
 
@@ -226,15 +236,22 @@ class JobReader:
         want = min(len(buf), job.size - self.offset)
         if want <= 0:
             return 0
+        waited = 0.0
         with job.cond:
-            while job.available < self.offset + want:
-                if job.error is not None or self.cancel.is_set():
-                    raise CancelledError(job.rel)
-                job.cond.wait(0.2)
+            if job.available < self.offset + want:
+                t0 = time.monotonic()
+                while job.available < self.offset + want:
+                    if job.error is not None or self.cancel.is_set():
+                        raise CancelledError(job.rel)
+                    job.cond.wait(0.2)
+                waited = time.monotonic() - t0
         n = os.preadv(job.part.fd, [memoryview(buf)[:want]], self.offset)
         if n <= 0:
             raise OSError(errno.EIO, f"{job.rel}: short read at byte {self.offset}")
         self.offset += n
+        job.hashed = self.offset
+        if job.on_hashed is not None:
+            job.on_hashed(n, waited)
         return n
 
 
@@ -252,15 +269,30 @@ class Transfer:
         *,
         on_bytes: Callable[[int], None] = lambda n: None,
         on_file: Callable[[Job], None] = lambda job: None,
+        lead: int | None = None,
     ) -> None:
+        """`lead`: ranges start at most this many bytes (in the jobs' order) beyond what the
+        jobs' readers have read; None: no limit (nobody reads while they download)."""
         self.jobs = list(jobs)
         self.connections = connections
+        self.lead = lead
+        self._starts: list[int] = []
+        at = 0
+        for job in self.jobs:
+            self._starts.append(at)
+            at += job.size
+            if lead is not None:
+                job.on_hashed = self._hashed
+        self._hash_t0: float | None = None
+        self._hash_bytes = 0
+        self._hash_waited = 0.0
         self.cancel = threading.Event()
         self.on_bytes = on_bytes
         self.on_file = on_file
         self._lock = threading.Condition()
         self._threads: list[threading.Thread] = []
         self.error: BaseException | None = None
+        self.last_byte_at: float | None = None  # time.monotonic() of the last byte written
 
     # --- scheduling -----------------------------------------------------------------------
 
@@ -288,12 +320,17 @@ class Transfer:
                 if self.cancel.is_set():
                     return None
                 waiting = False
-                for job in self.jobs:
+                lead = self._lead()
+                limit = self._read_up_to() + lead if lead is not None else None
+                for job, start in zip(self.jobs, self._starts, strict=True):
                     if job.part.complete or job.error is not None:
                         continue
                     todo = [r for r in job.part.ranges if not r.complete and not r.taken]
                     if not todo:
                         continue
+                    if limit is not None and start + todo[0].start >= limit:
+                        waiting = True  # far enough ahead of the hashing for now
+                        break
                     if job.xet is not None or job.mode == "single":
                         for r in todo:
                             r.taken = True
@@ -309,6 +346,35 @@ class Transfer:
                 if not waiting:
                     return None
                 self._lock.wait(0.2)
+
+    def _hashed(self, n: int, waited: float) -> None:
+        """A reader read `n` bytes after waiting `waited` seconds for them."""
+        with self._lock:
+            now = time.monotonic()
+            if self._hash_t0 is None:
+                self._hash_t0 = now - waited
+            self._hash_bytes += n
+            self._hash_waited += waited
+            self._lock.notify_all()
+
+    def _lead(self) -> int | None:
+        """How far ahead of the readers a range may start now: LEAD, or what the readers
+        get through in TAIL_TARGET seconds once their speed is known (time they spent waiting
+        for bytes does not count)."""
+        if self.lead is None or self._hash_t0 is None or self._hash_bytes < _MEASURED_AFTER:
+            return self.lead
+        busy = time.monotonic() - self._hash_t0 - self._hash_waited
+        if busy <= 0:
+            return self.lead
+        speed = self._hash_bytes / busy
+        return int(min(self.lead, max(2 * RANGE_SIZE, speed * TAIL_TARGET)))
+
+    def _read_up_to(self) -> int:
+        """Where the readers are, in bytes from the first job's offset 0."""
+        for job, start in zip(self.jobs, self._starts, strict=True):
+            if job.hashed < job.size:
+                return start + job.hashed
+        return self._starts[-1] + self.jobs[-1].size if self.jobs else 0
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -530,6 +596,7 @@ class Transfer:
                     continue
                 n = min(len(view), r.end - position)
                 job.part.write(r, view[:n])
+                self.last_byte_at = time.monotonic()
                 self.on_bytes(n)
                 view, position = view[n:], position + n
                 if r.index == job._front or r.complete:
