@@ -51,7 +51,7 @@ def measured(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-c", _PROBE, *argv], env=env, capture_output=True, text=True, check=True
     )
-    secs, rss, code, stdout, stderr = json.loads(out.stdout)
+    secs, rss, code, _, stderr = json.loads(out.stdout)
     if code != 0:
         raise RuntimeError(f"{argv[:4]} -> {code}: {stderr[-2000:]}")
     tail = TAIL_RE.search(stderr)
