@@ -4,10 +4,11 @@
   directory and read on every request, so a server in another process (`python
   tests/loopback_hub.py serve DIR`, as the real-systemd tests run it inside a container) applies
   them too. A hostile or broken server, for real, on loopback:
-  - bodies: bytes of the right size that do not match the listed hash (`corrupt`), throttled to
-    N bytes/second (`throttle_bps`), cut after N bytes of a download from offset 0
-    (`drop_after`), longer than listed without a Content-Length (`extra_bytes`), shorter than
-    the Content-Length says (`short_bytes`), the whole file for every Range (`ignore_range`);
+  - bodies: bytes of the right size that do not match the listed hash (`corrupt`), throttled
+    to N bytes/second (`throttle_bps`), cut after N bytes of a download from offset 0
+    (`drop_after`), silent from file offset N on with the connection open (`stall_after`),
+    longer than listed without a Content-Length (`extra_bytes`), shorter than the
+    Content-Length says (`short_bytes`), the whole file for every Range (`ignore_range`);
   - any request kind (`on`: "revision", "tree" or "resolve"): held without an answer for N
     seconds (`hang`, released by `release()`), answered with an error status (`status`, with
     `retry_after`, and with the request's own headers echoed in its body: `echo`), written at N
@@ -53,6 +54,7 @@ class Fault:
     drop_after: int | None = None
     extra_bytes: int = 0
     short_bytes: int = 0
+    stall_after: int | None = None
     ignore_range: bool = False
     on: str | None = None  # "revision", "tree", "resolve": what the faults below apply to
     hang: float | None = None
@@ -320,6 +322,8 @@ class FaultyHandler(Handler):
             return sent
         blob.seek(start)
         limit = length - fault.short_bytes
+        if fault.stall_after is not None:  # a file offset: no request gets past it
+            limit = min(limit, max(0, fault.stall_after - start))
         if fault.drop_after is not None and start == 0:
             limit = min(length, fault.drop_after)
             self.close_connection = True
@@ -343,6 +347,9 @@ class FaultyHandler(Handler):
             if fault.extra_bytes:
                 self.wfile.write(b"\0" * fault.extra_bytes)
                 self.close_connection = True
+            if fault.stall_after is not None:
+                self.wfile.flush()
+                self.test_hub.hold(600)  # the connection stays open, silent
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         if sent < length or fault.extra_bytes:

@@ -188,6 +188,20 @@ def test_a_server_that_stops_answering_is_given_up(model_pull, new_repo, release
     nothing_installed(root)
 
 
+def test_a_download_that_stops_is_asked_again_then_given_up(
+    model_pull, new_repo, released, tmp_path
+):
+    repo = new_repo(tiny_llama_files(seed=29))
+    released.inject(repo.repo, "model.safetensors", stall_after=1000)
+    released.reset_counters()
+    root = tmp_path / "root"
+    p = model_pull.run("fetch", repo.repo, "--root", str(root), "--gpu", "L4", env=FAST)
+    line = one_line(p, 18)
+    assert "no byte for 2 s" in line and "3 tries" in line, line
+    assert released.bytes_served(repo.repo, "model.safetensors") == 1000  # asked from byte 1000
+    nothing_installed(root)
+
+
 def test_a_trickling_body_is_given_up(model_pull, new_repo, released, tmp_path):
     repo = new_repo(tiny_llama_files(seed=23))
     released.inject(repo.repo, None, on="tree", trickle_bps=200)

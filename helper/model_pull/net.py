@@ -7,7 +7,7 @@ One client (httpx2, huggingface_hub's own HTTP library), installed as huggingfac
   hook drops `Authorization` from every request, redirects included, to any other origin.
   huggingface_hub's `hf_hub_download` does the same for a CDN; here it holds for every request,
   metadata reads too.
-- Every request has a connect and a read timeout (`MODEL_PULL_TIMEOUT`, seconds, default 15),
+- Every request has a connect and a read timeout (`MODEL_PULL_TIMEOUT`, seconds, default 10),
   whatever timeout a caller asks for; a body must keep coming (`Pace`: at least `MIN_RATE`
   bytes per second over every window of the read timeout), so a trickling body ends too.
 - A `Retry-After` (or `RateLimit` reset) beyond `RETRY_AFTER_MAX` seconds is an error at once,
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 TIMEOUT_ENV = "MODEL_PULL_TIMEOUT"
-DEFAULT_READ_TIMEOUT = 15.0  # seconds without a byte before a request is given up
+DEFAULT_READ_TIMEOUT = 10.0  # seconds without a byte (huggingface_hub's own default)
 CONNECT_TIMEOUT = 10.0
 MIN_RATE = 8 << 10  # bytes/s a body must average over every read-timeout window
 RETRY_AFTER_MAX = 60  # seconds; a server asking for longer is an error
