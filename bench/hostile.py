@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,9 +48,29 @@ def give_up(bench: Bench, repo: str, **fault: Any) -> dict[str, Any]:
     )
     secs = time.perf_counter() - t0
     bench.hub.clear_faults(repo)
-    subprocess.run(["chmod", "-R", "u+w", str(root)], check=False)
     shutil.rmtree(root, ignore_errors=True)
     return {"s": round(secs, 1), "exit": p.returncode, "said": p.stderr.strip().splitlines()[-1]}
+
+
+def ctrl_c(bench: Bench, repo: str, **fault: Any) -> dict[str, Any]:
+    """Seconds from SIGINT to the end of a fetch that is downloading `repo` (with `fault`)."""
+    bench.hub.inject(repo, fault.pop("path", None), **fault)
+    root = bench.work / f"ctrl-c-{time.monotonic_ns()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "model_pull", "fetch", repo, "--root", str(root), "--gpu", "L4"],
+        env=bench.env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    t0 = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate()
+    secs = time.perf_counter() - t0
+    bench.hub.clear_faults(repo)
+    kept = sum(p.stat().st_blocks * 512 for p in root.glob("cache/*/*.incomplete"))
+    shutil.rmtree(root, ignore_errors=True)
+    return {"s": round(secs, 2), "exit": proc.returncode, "kept_bytes": kept, "said": err.strip()}
 
 
 def file_operations(env: dict[str, str], work: Path, repo: str, v1: str, v2: str) -> Any:
@@ -116,6 +137,10 @@ def main() -> None:
             "body_stops": give_up(bench, hung, path="model.safetensors", stall_after=1000),
         }
         bench.hub.release()
+        results["2_ctrl_c"] = {
+            "downloading": ctrl_c(bench, lfs, throttle_bps=64_000_000),
+            "server_silent": ctrl_c(bench, hung, path="model.safetensors", stall_after=1000),
+        }
         v2 = bench.hub.add_repo(hung, dict(files, **{"README.md": b"v2\n"}))
         results["3_file_operations"] = file_operations(bench.env, work, hung, v1, v2)
     finally:
