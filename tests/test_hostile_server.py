@@ -306,6 +306,21 @@ def test_a_big_file_comes_over_several_connections(model_pull, new_repo, release
     assert weights_of(out, "w.safetensors").read_bytes() == data
 
 
+def test_two_paths_with_the_same_bytes_are_downloaded_once(
+    model_pull, new_repo, released, tmp_path
+):
+    data = os.urandom(20 << 20)
+    repo = new_repo({"config.json": b"{}", "a.safetensors": data, "sub/b.safetensors": data})
+    released.reset_counters()
+    out = model_pull.json("fetch", repo.repo, "--root", str(tmp_path / "root"), "--gpu", "L4")
+    served = sum(
+        released.bytes_served(repo.repo, p) for p in ("a.safetensors", "sub/b.safetensors")
+    )
+    assert served == len(data)
+    a, b = weights_of(out, "a.safetensors"), weights_of(out, "sub/b.safetensors")
+    assert a.read_bytes() == data and a.samefile(b)
+
+
 # --- listings -------------------------------------------------------------------------------
 
 SHA1 = "a" * 40

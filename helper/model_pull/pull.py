@@ -384,13 +384,18 @@ def _jobs(
     remote: hub.Remote,
     connections: int,
 ) -> dict[str, transfer.Job]:
-    """One download job per file: located by a HEAD each (in parallel), its partial bytes
-    from an earlier run opened for the resume."""
+    """One download job per distinct content (two paths with the same bytes share one),
+    located by a HEAD each (in parallel), its partial bytes from an earlier run opened for the
+    resume."""
     locations = transfer.map_parallel(
         lambda f: hub.locate(spec.repo, spec.revision, f, remote), chosen, min(connections, 16)
     )
     jobs: dict[str, transfer.Job] = {}
+    by_etag: dict[str, transfer.Job] = {}
     for f, where in zip(chosen, locations, strict=True):
+        if f.etag in by_etag:
+            jobs[f.path] = by_etag[f.etag]
+            continue
         part = transfer.Part(dest, f.etag, f.size, transfer.RANGE_SIZE)
         jobs[f.path] = transfer.Job(
             f.path,
@@ -400,6 +405,7 @@ def _jobs(
             part,
             xet=_xet(spec, f, dest, remote) if where.xet else None,
         )
+        by_etag[f.etag] = jobs[f.path]
         part.open()
     return jobs
 
@@ -431,17 +437,18 @@ def _run_jobs(
         (f for f in chosen if f.is_lfs and not _patched(spec, f)),
         key=lambda f: nar_order(spec.file_path(f.path)),
     )
-    total = sum(f.size for f in chosen)
-    on_disk = sum(j.part.bytes_on_disk for j in jobs.values())
+    unique = list({id(jobs[f.path]): jobs[f.path] for f in first + rest}.values())
+    total = sum(j.size for j in unique)
+    on_disk = sum(j.part.bytes_on_disk for j in unique)
     _ensure_space(root, total - on_disk, on_disk)
     run = transfer.Transfer(
-        [jobs[f.path] for f in first + rest],
+        unique,
         connections,
         on_bytes=progress.add_bytes,
         on_file=lambda job: progress.file_done(),
         lead=transfer.LEAD,
     )
-    progress.start(len(chosen), total)
+    progress.start(len(unique), total)
     progress.add_bytes(on_disk)
     t0 = time.monotonic()
     staging = root.new_staging(name)

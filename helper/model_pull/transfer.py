@@ -200,23 +200,23 @@ class Job:
     error: BaseException | None = None
     hashed: int = 0  # bytes from offset 0 its reader has read
     on_hashed: Callable[[int, float], None] | None = None  # (bytes read, seconds waited)
-    _front: int = 0  # index of the first range that is not complete
+    front: int = 0  # index of the first range that is not complete
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     @property
     def available(self) -> int:
         """Bytes from offset 0 that are on disk."""
         ranges = self.part.ranges
-        if self._front >= len(ranges):
+        if self.front >= len(ranges):
             return self.size
-        r = ranges[self._front]
+        r = ranges[self.front]
         return r.start + r.done
 
     def advanced(self) -> None:
         with self.cond:
             ranges = self.part.ranges
-            while self._front < len(ranges) and ranges[self._front].complete:
-                self._front += 1
+            while self.front < len(ranges) and ranges[self.front].complete:
+                self.front += 1
             self.cond.notify_all()
 
     def reader(self, cancel: threading.Event) -> JobReader:
@@ -599,7 +599,7 @@ class Transfer:
                 self.last_byte_at = time.monotonic()
                 self.on_bytes(n)
                 view, position = view[n:], position + n
-                if r.index == job._front or r.complete:
+                if r.index == job.front or r.complete:
                     job.advanced()
         if not all(r.complete for r in ranges):
             raise _RetryableError(f"the body ended at byte {position} of {ranges[-1].end}")
