@@ -316,6 +316,12 @@ def transport_errors(what: str, where: str) -> Iterator[None]:
             f"{what}: {where} redirected more than {MAX_REDIRECTS} times",
             hint="check HF_ENDPOINT",
         ) from exc
+    except ConnectionError as exc:  # HF_HUB_OFFLINE=1 (huggingface_hub's request hook)
+        raise ModelPullError(
+            ExitCode.UNREACHABLE,
+            f"{what}: cannot reach {where}: {redact.clean(str(exc) or type(exc).__name__)}",
+            hint="unset HF_HUB_OFFLINE, or check the network",
+        ) from exc
     except httpx2.RequestError as exc:  # not HTTPStatusError: huggingface_hub names those
         raise ModelPullError(
             ExitCode.UNREACHABLE,
