@@ -81,7 +81,7 @@ def file_operations(env: dict[str, str], work: Path, repo: str, v1: str, v2: str
         tmpfs, wdir = work / f"ops-{scenario}", work / f"opsw-{scenario}"
         tmpfs.mkdir()
         wdir.mkdir()
-        spec = {"scenario": scenario, "repo": repo, "v1": v1, "v2": v2}
+        spec: dict[str, Any] = {"scenario": scenario, "repo": repo, "v1": v1, "v2": v2}
         spec.update(tmpfs=str(tmpfs), work=str(wdir), kinds=[])
         (wdir / "spec.json").write_text(json.dumps(spec))
         script = (

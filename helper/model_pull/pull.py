@@ -428,14 +428,16 @@ def _run_jobs(
     progress: Progress,
     connections: int,
 ) -> Installed:
-    # The small files first (the entry manifest needs their SHA-256), then NAR order.
+    # The small files first (the entry manifest needs their SHA-256), then what hf-xet
+    # downloads (it does not say which bytes arrived: the staging tree links the file it
+    # leaves, once it is there), then the rest in NAR order.
     first = sorted(
         (f for f in chosen if not f.is_lfs or _patched(spec, f)),
         key=lambda f: nar_order(spec.file_path(f.path)),
     )
     rest = sorted(
         (f for f in chosen if f.is_lfs and not _patched(spec, f)),
-        key=lambda f: nar_order(spec.file_path(f.path)),
+        key=lambda f: (jobs[f.path].xet is None, nar_order(spec.file_path(f.path))),
     )
     unique = list({id(jobs[f.path]): jobs[f.path] for f in first + rest}.values())
     total = sum(j.size for j in unique)
@@ -462,6 +464,7 @@ def _run_jobs(
                 if f.sha256 is not None and sha256 != f.sha256:
                     raise HashMismatchError(f.path, "sha256", f.sha256, sha256)
                 sha256s[f.path] = sha256
+            run.wait_for([j for j in unique if j.xet is not None])
             with run.paused():
                 placed = [
                     Placed(f.path, jobs[f.path].part.path, f.size, sha256s.get(f.path) or f.etag)

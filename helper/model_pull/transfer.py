@@ -328,7 +328,7 @@ class Transfer:
                     todo = [r for r in job.part.ranges if not r.complete and not r.taken]
                     if not todo:
                         continue
-                    if limit is not None and start + todo[0].start >= limit:
+                    if limit is not None and job.xet is None and start + todo[0].start >= limit:
                         waiting = True  # far enough ahead of the hashing for now
                         break
                     if job.xet is not None or job.mode == "single":
@@ -438,6 +438,15 @@ class Transfer:
             with j.cond:
                 j.cond.notify_all()
 
+    def wait_for(self, jobs: Sequence[Job]) -> None:
+        """Until `jobs` are complete (CancelledError if the transfer failed or was stopped)."""
+        for job in jobs:
+            with job.cond:
+                while not job.part.complete:
+                    if job.error is not None or self.cancel.is_set():
+                        raise CancelledError(job.rel)
+                    job.cond.wait(0.2)
+
     def wait(self) -> None:
         """Until every file is complete; the first error as it was raised."""
         for t in self._threads:
@@ -465,7 +474,8 @@ class Transfer:
             raise _size_error(job, os.fstat(job.part.fd).st_size)
         for r in job.part.ranges:
             r.done = r.length
-        job.part.complete = True
+        with job.cond:
+            job.part.complete = True
         self.on_bytes(job.size)
         job.advanced()
         self.on_file(job)
