@@ -24,9 +24,10 @@ import tempfile
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(PROJECT / "tests" / "systemd"), str(PROJECT / "helper")]
+sys.path[:0] = [str(PROJECT / "tests" / "systemd"), str(PROJECT / "tests"),
+                str(PROJECT / "helper")]
 
-from serving_world import World, llama_server_binary, package_dir, serving_world  # noqa: E402
+from serving_world import World, package_dir, serving_world  # noqa: E402
 from test_pull_to_serving import (  # noqa: E402
     HOST,
     PORT,
@@ -34,6 +35,8 @@ from test_pull_to_serving import (  # noqa: E402
     add_main,
     setup_hub,
 )
+
+from real_runtimes import llama_server_binary  # noqa: E402
 
 # Runs inside the container: MODE is "pull" (restart_waiting_units, as model-pull does) or
 # "systemctl" (systemctl restart). Prints two figures: seconds until /v1/models of the NEW

@@ -121,6 +121,9 @@ let
   manifest = {
     version = 1;
     inherit (cfg) root endpoint tokenFile;
+    caches = {
+      inherit (cfg.caches) urls trustedPublicKeys stalledTimeout;
+    };
     models = lib.mapAttrs (name: m: {
       inherit (m)
         repo
@@ -236,6 +239,55 @@ in
       description = "Models to pull with model-pull and serve with the runtimes below.";
     };
 
+    caches = {
+      urls = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "http://fleet-puller:5000" ];
+        description = ''
+          Nix binary caches (store URLs, as `nix copy --from` takes them) that model-pull asks,
+          in order, for a pinned model (one with `narHash`) before the Hub: another machine of
+          the fleet serving its entries, e.g. with `services.harmonia` and {option}`nixStore`,
+          or a static HTTP server over a directory `model-pull push` writes. The path asked for
+          is `/nix/store/<hash>-<name>`, computed from the model's name and `narHash`: declare
+          the model under the same name on every machine. Nix verifies what it substitutes; a
+          miss, an unreachable cache or a refused path falls back to the Hub. A model without
+          `narHash` never comes from a cache (`model-pull prefetch` prints its pin).
+        '';
+      };
+      trustedPublicKeys = mkOption {
+        type = types.listOf (types.strMatching "[^:[:space:]]+:[A-Za-z0-9+/]+=*");
+        default = [ ];
+        example = [ "fleet-puller-1:LssfjViz6xR/Ob2lf3fksT2BG6Lusi6KpUHbdyPfbPY=" ];
+        description = ''
+          Public keys (`name:base64`, as `nix-store --generate-binary-cache-key` writes them)
+          whose signatures are accepted for paths without a content address (a `CA:` line):
+          caches that drop it, such as nix-serve. Entries `model-pull push` writes, and harmonia
+          serves, carry it and need no key. Signature checks are never disabled.
+        '';
+      };
+      stalledTimeout = mkOption {
+        type = types.ints.positive;
+        default = 60;
+        description = ''
+          Seconds a cache may take to connect or send nothing before it counts as unreachable
+          (Nix's `connect-timeout` and `stalled-download-timeout`); then the next cache, or the Hub.
+        '';
+      };
+    };
+
+    nixStore = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Also import each entry into /nix/store, with a GC root under `<root>/gcroots`
+        (`model-pull --store nix`), so that a binary cache server over /nix/store (such as
+        `services.harmonia`) serves the entries to the rest of the fleet. The caches then also
+        go into `nix.settings` (`extra-substituters`, `extra-trusted-public-keys`), for Nix
+        itself. Each entry then takes its space twice: in the state root and in /nix/store.
+      '';
+    };
+
     runtimeUnits = mkOption {
       internal = true;
       visible = false;
@@ -292,7 +344,20 @@ in
       ++ lib.mapAttrsToList (name: m: {
         assertion = m.layout == "hf" || m.layout == "gguf" || m.tritonName != null;
         message = "services.inference.models.${name}.tritonName is needed for the ${m.layout} layout.";
-      }) models;
+      }) models
+      # engineDefaults become Triton's model.json: triton.nix checks those of the models it
+      # serves against its own vLLM; the others against the vLLM model-pull ships the list of.
+      ++ lib.concatLists (
+        lib.mapAttrsToList (
+          name: m:
+          lib.optionals (!(cfg ? triton && cfg.triton.enable && cfg.triton.models ? ${name})) (
+            ilib.engineArgsAssertions {
+              option = "services.inference.models.${name}.engineDefaults";
+              args = ilib.runtimeArgs.vllm;
+            } m.engineDefaults
+          )
+        ) models
+      );
 
     warnings = lib.concatLists (
       lib.mapAttrsToList (
@@ -303,6 +368,13 @@ in
     );
 
     environment.systemPackages = [ cfg.package ];
+
+    # Only with entries in /nix/store: a substituter in nix.settings is asked by every Nix
+    # operation on the machine (and its misses are remembered for an hour).
+    nix.settings = lib.mkIf (cfg.nixStore && cfg.caches.urls != [ ]) {
+      extra-substituters = cfg.caches.urls;
+      extra-trusted-public-keys = cfg.caches.trustedPublicKeys;
+    };
 
     environment.etc."inference/models.json".source = manifestFile;
 
@@ -333,6 +405,8 @@ in
           # A switch that adds or changes a model restarts it (switch-to-configuration compares
           # the unit files of active units; X-Restart-Triggers holds the manifest's store path).
           restartTriggers = [ manifestFile ];
+          # nix and nix-store: substitution from the caches, and --store nix.
+          path = lib.optional (cfg.caches.urls != [ ] || cfg.nixStore) config.nix.package;
           environment = {
             MODEL_PULL_MANIFEST = "/etc/inference/models.json";
             HF_HUB_DISABLE_PROGRESS_BARS = "1";
@@ -344,7 +418,13 @@ in
             # In the background: boot does not wait for gigabytes of weights. model-pull
             # restarts the units waiting for what it installed, over D-Bus.
             Type = "exec";
-            ExecStart = ilib.execLine [ (lib.getExe' cfg.package "model-pull") ];
+            ExecStart = ilib.execLine (
+              [ (lib.getExe' cfg.package "model-pull") ]
+              ++ lib.optionals cfg.nixStore [
+                "--store"
+                "nix"
+              ]
+            );
             # Stays active after a successful pull, so that only a changed manifest (the restart
             # trigger) pulls again on the next switch, not every switch.
             RemainAfterExit = true;

@@ -57,30 +57,135 @@ rec {
   # file's path, and an unknown specifier makes systemd drop the whole setting.
   escapeSpecifiers = lib.replaceStrings [ "%" ] [ "%%" ];
 
-  # RFC 42 escape hatch: { ctx-size = 4096; no-webui = true; } -> [ "--ctx-size" "4096" "--no-webui" ]
-  # (Own renderer: llama.cpp does not parse "--flag=value", and lib.cli changed in 25.11.)
+  # The command-line options of each runtime, generated from the runtime itself by
+  # scripts/gen-runtime-args.py (`make update-runtime-args`): its version and, per long option,
+  # how it reads a value: "bool" (--X / --no-X), "flag" (--X, off unless given), "list"
+  # (several values after one flag), "repeat" (--X a --X b), "value". vLLM's file also lists
+  # the engine arguments (the fields of AsyncEngineArgs), which model-pull reads too.
+  runtimeArgs = {
+    vllm = lib.importJSON ../helper/model_pull/vllm_args.json;
+    sglang = lib.importJSON ./args/sglang.json;
+    llama-server = lib.importJSON ./args/llama-server.json;
+  };
+
+  # The options of the runtime `package` will run: its own list when it carries one
+  # (`passthru.runtimeArgs`, in the format above), else the list shipped here.
+  argsOf = runtime: package: package.runtimeArgs or runtimeArgs.${runtime};
+
+  # RFC 42 settings rendered as the runtime parses them back, by the kind of each option
+  # (`args` is argsOf's result): { enable-prefix-caching = false; } -> [ "--no-enable-prefix-caching" ],
+  # { served-model-name = [ "a" "b" ]; } -> [ "--served-model-name" "a" "b" ] (one flag: SGLang
+  # keeps only the last of repeated list flags). `null` leaves an option out. llama.cpp reads
+  # several values as one comma-separated argument: `lists = "comma"`. Keys the runtime does
+  # not have are rendered plainly and reported by settingsChecks.
   settingsToArgs =
+    {
+      args,
+      lists ? "values",
+    }:
     settings:
     let
-      value = v: if builtins.isFloat v then builtins.toJSON v else toString v;
-      flag =
+      value =
+        v:
+        if builtins.isFloat v || builtins.isAttrs v || builtins.isList v then
+          builtins.toJSON v
+        else
+          toString v;
+      render =
         k: v:
-        if v == true then
-          [ "--${k}" ]
-        else if v == false || v == null then
+        let
+          kind = args.options.${k} or "value";
+        in
+        if v == null then
           [ ]
-        else if builtins.isList v then
+        else if kind == "bool" && builtins.isBool v then
+          [ (if v then "--${k}" else "--no-${k}") ]
+        else if v == true then
+          [ "--${k}" ]
+        else if v == false then
+          # a flag without a --no- form is off unless given
+          [ ]
+        else if kind == "list" then
+          lib.optionals (v != [ ]) ([ "--${k}" ] ++ map value (lib.toList v))
+        else if kind == "repeat" then
           lib.concatMap (x: [
             "--${k}"
             (value x)
-          ]) v
+          ]) (lib.toList v)
+        else if builtins.isList v && lists == "comma" then
+          [
+            "--${k}"
+            (lib.concatMapStringsSep "," value v)
+          ]
         else
           [
             "--${k}"
             (value v)
           ];
     in
-    lib.concatLists (lib.mapAttrsToList flag settings);
+    lib.concatLists (lib.mapAttrsToList render settings);
+
+  # Settings the runtime would not read as meant. An option the module sets itself
+  # (`reserved`: option name -> the module option to use) is an assertion. The rest are
+  # warnings, one line each naming the runtime version the list came from: an option that
+  # version does not have, a boolean for an option that takes a value, or the reverse (a
+  # newer runtime may have the option: then pass it in extraArgs, or give the package its
+  # own list).
+  settingsChecks =
+    {
+      option, # "services.inference.vllm.instances.qwen.settings"
+      label, # "vLLM"
+      args,
+      reserved ? { },
+    }:
+    settings:
+    let
+      known = args.options;
+      program = "${label} ${args.version}";
+      problem =
+        k: v:
+        let
+          kind = known.${k} or null;
+          dashed = lib.replaceStrings [ "_" ] [ "-" ] k;
+        in
+        if kind == null then
+          "${option}.${k}: ${program} has no option --${k}"
+          + (
+            if known ? ${dashed} then
+              "; did you mean ${dashed}?"
+            else
+              " (as far as the option list model-pull ships knows); if yours has it, pass it in extraArgs."
+          )
+        else if builtins.isBool v && !(lib.elem kind [ "bool" "flag" ]) then
+          "${option}.${k}: --${k} of ${program} takes a value, not true/false."
+        else if v != null && !(builtins.isBool v) && lib.elem kind [ "bool" "flag" ] then
+          "${option}.${k}: --${k} of ${program} is a switch: set it to true or false."
+        else
+          null;
+    in
+    {
+      assertions = map (k: {
+        assertion = !(settings ? ${k});
+        message = "${option}.${k}: set ${reserved.${k}} instead; the module passes --${k} itself.";
+      }) (lib.attrNames reserved);
+      warnings = lib.filter (m: m != null) (
+        lib.mapAttrsToList problem (removeAttrs settings (lib.attrNames reserved))
+      );
+    };
+
+  # Keys of a model.json that Triton's vLLM backend hands to vLLM's `AsyncEngineArgs(**json)`,
+  # which refuses any other key (`args`: argsOf "vllm" of the vLLM that will read them).
+  engineArgsAssertions =
+    { option, args }:
+    engineArgs:
+    map (k: {
+      assertion = lib.elem k args.engineArgs && k != "model";
+      message =
+        if k == "model" then
+          "${option}.model: the Triton unit sets `model` (the entry's weights) itself."
+        else
+          "${option}.${k}: not an engine argument of vLLM ${args.version} (its AsyncEngineArgs refuses unknown keys).";
+    }) (lib.attrNames engineArgs);
 
   # Device nodes of the NVIDIA driver. Major 195 registers as "nvidia" on current drivers and
   # as "nvidia-frontend" on older ones: allow both, or the GPU vanishes (notes/nixos.md).
@@ -331,11 +436,17 @@ rec {
       m, # its resolved declaration
       gpus,
       command, # argv
+      cc, # a C compiler for the kernels compiled at run time
     }:
     {
       inherit description;
       wantedBy = [ "multi-user.target" ];
       after = [ "network.target" ];
+      # Triton (the kernel compiler) builds its launchers and torch's inductor its CPU kernels
+      # with the C compiler on PATH; a unit's PATH has only coreutils, findutils, grep, sed and
+      # systemd. nixpkgs' vllm carries torch's compiler for this reason; an environment made with
+      # python3.withPackages does not.
+      path = [ cc ];
       unitConfig = startLimit // {
         ConditionPathExists = [ (hubRefsMain root model m) ];
       };
@@ -369,12 +480,22 @@ rec {
 
   # The values `settingsToArgs` renders as command-line flags (RFC 42 settings).
   flagSettingsType = lib.types.attrsOf (
-    lib.types.oneOf [
-      lib.types.bool
-      lib.types.int
-      lib.types.float
-      lib.types.str
-      (lib.types.listOf lib.types.str)
-    ]
+    lib.types.nullOr (
+      lib.types.oneOf [
+        lib.types.bool
+        lib.types.int
+        lib.types.float
+        lib.types.str
+        (lib.types.listOf (
+          lib.types.oneOf [
+            lib.types.str
+            lib.types.int
+            lib.types.float
+          ]
+        ))
+        # a JSON argument, e.g. vLLM's --compilation-config
+        (lib.types.attrsOf lib.types.anything)
+      ]
+    )
   );
 }

@@ -112,8 +112,10 @@ let
             no-webui = true;
           };
           description = ''
-            More llama-server flags, by long name (RFC 42): `{ spec-draft-n-max = 16; no-webui = true; }`
-            gives `--spec-draft-n-max 16 --no-webui`.
+            More llama-server flags, by long name (RFC 42): `{ spec-draft-n-max = 16; webui = false; }`
+            gives `--spec-draft-n-max 16 --no-webui`; a list gives one comma-separated value, as
+            llama.cpp reads several values. An option the llama-server model-pull was tested with
+            does not have is a warning.
           '';
         };
         extraArgs = mkOption {
@@ -163,7 +165,10 @@ let
           "-ngld"
           inst.gpuLayers
         ]
-        ++ ilib.settingsToArgs inst.settings
+        ++ ilib.settingsToArgs {
+          args = ilib.argsOf "llama-server" cfg.package;
+          lists = "comma";
+        } inst.settings
         ++ inst.extraArgs;
     in
     {
@@ -234,6 +239,17 @@ in
             message = "services.inference.llama-server.instances.${name}.apiKeyFile must be an absolute path.";
           }
         ]
+      ) cfg.instances
+    );
+
+    warnings = lib.concatLists (
+      lib.mapAttrsToList (
+        name: inst:
+        (ilib.settingsChecks {
+          option = "services.inference.llama-server.instances.${name}.settings";
+          label = "llama-server";
+          args = ilib.argsOf "llama-server" cfg.package;
+        } inst.settings).warnings
       ) cfg.instances
     );
 

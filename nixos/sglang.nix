@@ -42,8 +42,12 @@ let
           enable-metrics = true;
         };
         description = ''
-          SGLang server arguments by long name (RFC 42), rendered to flags:
-          `{ mem-fraction-static = 0.8; }` gives `--mem-fraction-static 0.8`.
+          SGLang server arguments by long name (RFC 42), rendered the way SGLang parses them
+          back: `{ mem-fraction-static = 0.8; }` gives `--mem-fraction-static 0.8`, a list one
+          flag followed by its values (`--lora-paths a=/x b=/y`), `false` `--no-X` where SGLang
+          has it and nothing where the switch is off by default. Checked against the options of
+          the SGLang the package carries (`passthru.runtimeArgs`), else of the SGLang
+          model-pull was tested with. `host`, `port` and `model-path` are set by the module.
         '';
       };
       extraArgs = mkOption {
@@ -67,6 +71,7 @@ let
       unit = unitName name;
       inherit (inst) model gpus;
       inherit m;
+      cc = pkgs.stdenv.cc;
       command =
         [
           (lib.getExe' inst.package "python")
@@ -79,9 +84,23 @@ let
           "--port"
           inst.port
         ]
-        ++ ilib.settingsToArgs inst.settings
+        ++ ilib.settingsToArgs { args = ilib.argsOf "sglang" inst.package; } inst.settings
         ++ inst.extraArgs;
     };
+
+  checks = lib.mapAttrsToList (
+    name: inst:
+    ilib.settingsChecks {
+      option = "services.inference.sglang.instances.${name}.settings";
+      label = "SGLang";
+      args = ilib.argsOf "sglang" inst.package;
+      reserved = {
+        host = "services.inference.sglang.instances.${name}.host";
+        port = "services.inference.sglang.instances.${name}.port";
+        model-path = "services.inference.sglang.instances.${name}.model";
+      };
+    } inst.settings
+  ) cfg.instances;
 in
 {
   options.services.inference.sglang = {
@@ -114,10 +133,13 @@ in
         inherit models unitName mkService;
       })
       {
-        assertions = lib.mapAttrsToList (name: inst: {
-          assertion = inst.package != null;
-          message = "services.inference.sglang.package is not set (instance ${name}): nixpkgs has no SGLang package; set it to a Python environment with SGLang.";
-        }) cfg.instances;
+        assertions =
+          lib.mapAttrsToList (name: inst: {
+            assertion = inst.package != null;
+            message = "services.inference.sglang.package is not set (instance ${name}): nixpkgs has no SGLang package; set it to a Python environment with SGLang.";
+          }) cfg.instances
+          ++ lib.concatMap (c: c.assertions) checks;
+        warnings = lib.concatMap (c: c.warnings) checks;
       }
     ]
   );

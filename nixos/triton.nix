@@ -59,7 +59,13 @@ in
             example = {
               max_model_len = 8192;
             };
-            description = "vLLM engine arguments that override the entry's model-defaults.json.";
+            description = ''
+              vLLM engine arguments that override the entry's model-defaults.json. With the
+              entry's `engineDefaults` they become `1/model.json`, which the vLLM backend passes
+              to `AsyncEngineArgs(**json)`: every key must be an engine argument of that vLLM
+              (the list the package carries as `passthru.runtimeArgs`, else the one model-pull
+              ships).
+            '';
           };
         }
       );
@@ -116,6 +122,21 @@ in
       ]
       ++ lib.concatLists (
         lib.mapAttrsToList (
+          name: m:
+          ilib.engineArgsAssertions {
+            option = "services.inference.triton.models.${name}.overrides";
+            args = ilib.argsOf "vllm" cfg.package;
+          } m.overrides
+          ++ lib.optionals (models ? ${name}) (
+            ilib.engineArgsAssertions {
+              option = "services.inference.models.${name}.engineDefaults";
+              args = ilib.argsOf "vllm" cfg.package;
+            } models.${name}.engineDefaults
+          )
+        ) cfg.models
+      )
+      ++ lib.concatLists (
+        lib.mapAttrsToList (
           name: _:
           ilib.hfModelAssertions {
             option = "services.inference.triton.models.${name}";
@@ -140,6 +161,8 @@ in
         ) served;
       };
       environment = ilib.offlineHubEnv "${runDir}/hub" cacheDir // ilib.gpuEnv cfg.gpus;
+      # the C compiler of the kernels compiled at run time (see lib.nix, hfService)
+      path = [ pkgs.stdenv.cc ];
       serviceConfig =
         ilib.hardening {
           user = "inference";

@@ -11,7 +11,6 @@ let
   ilib = import ./lib.nix { inherit lib; };
   inherit (lib) types mkOption;
   models = top.resolvedModels;
-  yaml = pkgs.formats.yaml { };
 
   instanceModule = {
     options = ilib.listenOptions {
@@ -32,16 +31,20 @@ let
       };
       gpus = ilib.gpusOption "vLLM";
       settings = mkOption {
-        type = yaml.type;
+        type = ilib.flagSettingsType;
         default = { };
         example = {
           gpu-memory-utilization = 0.85;
           max-model-len = 8192;
           served-model-name = [ "qwen" ];
+          enable-prefix-caching = false;
         };
         description = ''
-          vLLM's own arguments (long names, as in `vllm serve --help`), written to the YAML
-          file passed with `--config`. Command-line `--host`/`--port` win over it.
+          vLLM's own options by long name (RFC 42, as in `vllm serve --help`), rendered the way
+          vLLM parses them back: `true`/`false` as `--X`/`--no-X`, a list as one flag followed by
+          its values, an attribute set as JSON. Checked against the options of the vLLM the
+          package carries (`passthru.runtimeArgs`), else of the vLLM model-pull was tested with.
+          `host` and `port` are options of their own.
         '';
       };
       extraArgs = mkOption {
@@ -58,7 +61,6 @@ let
     name: inst:
     let
       m = models.${inst.model};
-      configFile = yaml.generate "vllm-${name}.yaml" inst.settings;
     in
     ilib.hfService {
       description = "vLLM server ${name} (${m.repo})";
@@ -66,24 +68,32 @@ let
       unit = unitName name;
       inherit (inst) model gpus;
       inherit m;
-      command =
-        [
-          (lib.getExe' inst.package "vllm")
-          "serve"
-          m.repo
-        ]
-        ++ lib.optionals (inst.settings != { }) [
-          "--config"
-          configFile
-        ]
-        ++ [
-          "--host"
-          inst.host
-          "--port"
-          inst.port
-        ]
-        ++ inst.extraArgs;
+      cc = pkgs.stdenv.cc;
+      command = [
+        (lib.getExe' inst.package "vllm")
+        "serve"
+        m.repo
+        "--host"
+        inst.host
+        "--port"
+        inst.port
+      ]
+      ++ ilib.settingsToArgs { args = ilib.argsOf "vllm" inst.package; } inst.settings
+      ++ inst.extraArgs;
     };
+
+  checks = lib.mapAttrsToList (
+    name: inst:
+    ilib.settingsChecks {
+      option = "services.inference.vllm.instances.${name}.settings";
+      label = "vLLM";
+      args = ilib.argsOf "vllm" inst.package;
+      reserved = {
+        host = "services.inference.vllm.instances.${name}.host";
+        port = "services.inference.vllm.instances.${name}.port";
+      };
+    } inst.settings
+  ) cfg.instances;
 in
 {
   options.services.inference.vllm = {
@@ -96,12 +106,18 @@ in
   };
 
   config = lib.mkIf (cfg.instances != { }) (
-    ilib.hfInstancesConfig {
-      kind = "vllm";
-      label = "vLLM";
-      layouts = [ "dual" "hf" ];
-      inherit (cfg) instances;
-      inherit models unitName mkService;
-    }
+    lib.mkMerge [
+      (ilib.hfInstancesConfig {
+        kind = "vllm";
+        label = "vLLM";
+        layouts = [ "dual" "hf" ];
+        inherit (cfg) instances;
+        inherit models unitName mkService;
+      })
+      {
+        assertions = lib.concatMap (c: c.assertions) checks;
+        warnings = lib.concatMap (c: c.warnings) checks;
+      }
+    ]
   );
 }

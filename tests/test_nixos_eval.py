@@ -98,7 +98,13 @@ def test_golden_file_matches_a_live_evaluation(golden: dict[str, Any]) -> None:
 
 
 def test_hosts_evaluate_without_failed_assertions(golden: dict[str, Any]) -> None:
-    assert set(golden["hosts"]) == {"rtx5090-workstation", "h100-server", "l4-box"}
+    assert set(golden["hosts"]) == {
+        "rtx5090-workstation",
+        "h100-server",
+        "l4-box",
+        "fleet-puller",
+        "fleet-node",
+    }
     for host, data in golden["hosts"].items():
         assert data["assertions"] == [], host
 
@@ -155,11 +161,12 @@ def test_h100_vllm_triton_and_sglang_share_one_dual_entry(golden: dict[str, Any]
     assert env["HF_HUB_CACHE"] == f"{entry}/share/models/hub"
     assert env["HF_HUB_OFFLINE"] == "1"
     assert vllm["serviceConfig"]["MemoryDenyWriteExecute"] is False
-    assert (
-        f'"{golden["packages"]["vllm"]}/bin/vllm" "serve" "Qwen/Qwen3.5-2B" "--config"'
-        in (vllm["serviceConfig"]["ExecStart"])
+    # the settings as flags (tests/test_runtime_args.py reads them back with vLLM's parser)
+    assert vllm["serviceConfig"]["ExecStart"] == (
+        f'"{golden["packages"]["vllm"]}/bin/vllm" "serve" "Qwen/Qwen3.5-2B" '
+        '"--host" "127.0.0.1" "--port" "8000" "--gpu-memory-utilization" "0.3" '
+        '"--max-model-len" "4096" "--served-model-name" "qwen3.5-2b"'
     )
-    assert host["vllmSettings"]["qwen"]["gpu-memory-utilization"] == 0.3
 
     triton = host["units"]["triton.service"]
     assert triton["unitConfig"]["ConditionPathExists"] == [
@@ -213,6 +220,24 @@ def test_h100_vllm_triton_and_sglang_share_one_dual_entry(golden: dict[str, Any]
         "models": ["qwen3_5-2b"],
         "cudaCapabilities": [],
     }
+
+    # PyTorch runtimes compile kernels at run time: a C compiler first on PATH, the rest of
+    # PATH what NixOS gives every service; the caches in the unit's own CacheDirectory
+    for unit in ("vllm-qwen.service", "triton.service", "sglang-qwen.service"):
+        env = host["units"][unit]["environment"]
+        path = env["PATH"].split(":")
+        assert path[0] == f"{golden['packages']['cc']}/bin", unit
+        assert f"{golden['packages']['coreutils']}/bin" in path, unit
+        cache = "/var/cache/" + host["units"][unit]["serviceConfig"]["CacheDirectory"]
+        for var in (
+            "HOME",
+            "XDG_CACHE_HOME",
+            "TRITON_CACHE_DIR",
+            "TORCHINDUCTOR_CACHE_DIR",
+            "VLLM_CACHE_ROOT",
+            "FLASHINFER_WORKSPACE_BASE",
+        ):
+            assert env[var].startswith(cache), (unit, var, env[var])
 
     pull = host["units"]["model-pull.service"]
     assert "network-online.target" in pull["after"] and "network-online.target" in pull["wants"]
@@ -421,7 +446,13 @@ def test_the_stubs_have_only_packages_nixpkgs_has(tmp_path: Path) -> None:
         "llama-cpp",
         "vllm",
         "coreutils",
+        "findutils",
+        "gnugrep",
+        "gnused",
+        "systemd",
+        "stdenv",
         "jq",
+        "nix",
         "python3Packages",
         "writeText",
         "writeShellScript",
@@ -705,3 +736,68 @@ def test_systemd_reads_the_escaped_values_as_declared(tmp_path: Path) -> None:
         env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"},
     )
     assert "specifier" not in verify.stderr, verify.stderr
+
+
+# ---- a fleet: binary caches (issue 15) ---------------------------------------------------------
+
+
+def test_the_caches_go_into_the_manifest_and_the_pull_unit_gets_nix(golden: dict[str, Any]) -> None:
+    node = golden["hosts"]["fleet-node"]
+    assert node["manifest"]["caches"] == {
+        "urls": ["http://fleet-puller:5000"],
+        "trustedPublicKeys": [],
+        "stalledTimeout": 60,
+    }
+    pull = node["units"]["model-pull.service"]
+    # `path` first, then what NixOS gives every service
+    path = pull["environment"]["PATH"].split(":")
+    assert path[0] == f"{golden['packages']['nix']}/bin"
+    assert f"{golden['packages']['coreutils']}/bin" in path
+    assert (
+        pull["serviceConfig"]["ExecStart"] == f'"{golden["packages"]["model-pull"]}/bin/model-pull"'
+    )
+    # The caches stay out of nix.settings while the entries are not in /nix/store: every Nix
+    # operation of the machine would ask them (and remember their misses for an hour).
+    assert node["nixSettings"] == {}
+    assert golden["hosts"]["l4-box"]["manifest"]["caches"]["urls"] == []
+    h100_pull = golden["hosts"]["h100-server"]["units"]["model-pull.service"]["environment"]
+    assert golden["packages"]["nix"] not in h100_pull["PATH"]
+
+
+def test_the_puller_keeps_its_entries_in_the_nix_store_and_serves_them(
+    golden: dict[str, Any],
+) -> None:
+    puller = golden["hosts"]["fleet-puller"]
+    pull = puller["units"]["model-pull.service"]
+    assert pull["serviceConfig"]["ExecStart"].endswith('"--store" "nix"')
+    assert puller["harmonia"] == {"settings": {"bind": "[::]:5000"}}
+    assert 5000 in puller["firewall"]
+    node = golden["hosts"]["fleet-node"]
+    # One declaration, one name: the path the node asks for is the one the puller has.
+    assert puller["manifest"]["models"] == node["manifest"]["models"]
+
+
+def test_with_the_nix_store_the_caches_go_into_nix_settings(tmp_path: Path) -> None:
+    key = "fleet-1:LssfjViz6xR/Ob2lf3fksT2BG6Lusi6KpUHbdyPfbPY="
+    result = evaluate(
+        f"""{{ {GGUF_MODEL}
+        services.inference.nixStore = true;
+        services.inference.caches = {{ urls = [ "http://a:5000" ]; trustedPublicKeys = [ "{key}" ]; }};
+        services.inference.llama-server.instances.a.model = {{ name = "g"; file = "m.gguf"; }}; }}""",
+        tmp_path,
+    )
+    assert result["nixSettings"] == {
+        "extra-substituters": ["http://a:5000"],
+        "extra-trusted-public-keys": [key],
+    }
+    assert result["manifest"]["caches"]["trustedPublicKeys"] == [key]
+
+
+def test_a_key_that_is_not_name_colon_base64_names_the_option(tmp_path: Path) -> None:
+    result = run_nix_eval(
+        f"""{evaluator()}.evalConfig {{ {GGUF_MODEL}
+        services.inference.caches.trustedPublicKeys = [ "no key here" ]; }}""",
+        tmp_path,
+    )
+    assert result.returncode != 0
+    assert "services.inference.caches.trustedPublicKeys" in result.stderr

@@ -38,6 +38,7 @@ from model_pull.render import check_text, human_size, status_text
 from model_pull.store import Entry, StateRoot
 
 if TYPE_CHECKING:
+    from model_pull import sync as sync_mod
     from model_pull.pull import Installed, Options
 
 logger = logging.getLogger("model_pull")
@@ -226,10 +227,31 @@ def _nix_import(installed: Installed, root: StateRoot, mode: str, uri: str | Non
 @click.option(
     "--no-wait", is_flag=True, help="With no command: fail instead of waiting for another pull."
 )
+@click.option(
+    "--store",
+    "store_mode",
+    type=click.Choice(["state", "nix"]),
+    default="state",
+    show_default=True,
+    help="With no command: 'nix' also imports each entry into the Nix store with a GC root.",
+)
+@click.option(
+    "--nix-store",
+    "nix_store_uri",
+    default=None,
+    envvar="MODEL_PULL_NIX_STORE",
+    help="With no command and --store nix: another Nix store (e.g. a chroot store directory).",
+)
 @_root_option
 @click.pass_context
 def cli(
-    ctx: click.Context, verbose: bool, no_restart: bool, no_wait: bool, root: Path | None
+    ctx: click.Context,
+    verbose: bool,
+    no_restart: bool,
+    no_wait: bool,
+    store_mode: str,
+    nix_store_uri: str | None,
+    root: Path | None,
 ) -> None:
     """Fetch, verify and package Hugging Face weights into immutable entries.
 
@@ -250,10 +272,19 @@ def cli(
     for handler in logging.getLogger().handlers:  # whatever is logged: one line, no secret
         handler.setFormatter(_CleanFormatter("%(levelname)s: %(message)s"))
     if ctx.invoked_subcommand is None:
-        _sync(restart=not no_restart, wait=not no_wait, root=root)
+        from model_pull.sync import NixStore
+
+        _sync(
+            restart=not no_restart,
+            wait=not no_wait,
+            root=root,
+            nix_store=NixStore(nix_store_uri) if store_mode == "nix" else None,
+        )
 
 
-def _sync(*, restart: bool, wait: bool, root: Path | None) -> None:
+def _sync(
+    *, restart: bool, wait: bool, root: Path | None, nix_store: sync_mod.NixStore | None
+) -> None:
     from model_pull import sync
     from model_pull.progress import Progress
     from model_pull.units import raise_for_failed
@@ -273,6 +304,7 @@ def _sync(*, restart: bool, wait: bool, root: Path | None) -> None:
         wait=wait,
         say=say,
         on_error=model_failed,
+        nix_store=nix_store,
     )
     for outcome in result.restarted:
         click.echo(f"  {outcome.unit}: {outcome.describe()}")
@@ -310,6 +342,21 @@ def _sync(*, restart: bool, wait: bool, root: Path | None) -> None:
     help="Check against this GPU instead of NVML (repeatable).",
 )
 @click.option("--force", is_flag=True, help="Pull even if the check says it cannot run.")
+@click.option(
+    "--cache",
+    "cache_urls",
+    multiple=True,
+    metavar="URL",
+    help="Nix binary cache to substitute a pinned (--nar-hash) entry from before the Hub "
+    "(repeatable, asked in order).",
+)
+@click.option(
+    "--trusted-public-key",
+    "trusted_keys",
+    multiple=True,
+    metavar="KEY",
+    help="Accept paths signed with this key (name:base64) from a cache without CA lines.",
+)
 @_pull_options
 @_root_option
 @_json_option
@@ -326,19 +373,29 @@ def fetch(
     gpus: tuple[str, ...],
     force: bool,
     connections: int | None,
+    cache_urls: tuple[str, ...],
+    trusted_keys: tuple[str, ...],
     **opts: Any,
 ) -> None:
     """Download REPO at a pinned revision, verify, package and install it.
 
-    First checks, from metadata only, that the model can run on this GPU (or --gpu).
+    First checks, from metadata only, that the model can run on this GPU (or --gpu). With
+    --nar-hash and --cache, the entry comes from the first cache that has it, verified by Nix.
     """
-    from model_pull import hub, pull
+    from model_pull import hub, pull, substitute
+    from model_pull.manifest import Caches
     from model_pull.progress import Progress
 
     _check_repo(repo)
     options = _options(**opts)
     state = _state(root)
     remote = hub.Remote(token=hub.read_token(token_file))
+    if cache_urls and options.expect_nar is None:
+        click.echo(
+            "warning: --cache is not asked without --nar-hash: nothing ties a repo and revision "
+            "to a cache path (model-pull prefetch prints the pin)",
+            err=True,
+        )
     rt = (
         Runtime(runtime)
         if runtime
@@ -367,6 +424,15 @@ def fetch(
         wait=not no_wait,
         preflight=gate,
         connections=connections,
+        substitute=substitute.substituter(
+            state,
+            repo,
+            revision,
+            options,
+            Caches(cache_urls, trusted_keys),
+            wait=not no_wait,
+            say=lambda line: click.echo(line, err=True),
+        ),
     )
     _report(installed, as_json, _nix_import(installed, state, store_mode, nix_store_uri))
 
@@ -456,6 +522,56 @@ def prefetch(
         _emit(declaration)
     else:
         click.echo(nixexpr.expr(declaration))
+
+
+@cli.command()
+@click.argument("target", metavar="NAME|PATH")
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    metavar="URL",
+    help="Binary cache: file:///DIR, or any store URL `nix copy --to` accepts.",
+)
+@click.option(
+    "--name",
+    default=None,
+    help="Publish under this model name (default: the entry's own): the name the fleet declares.",
+)
+@click.option(
+    "--secret-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Sign with this key (nix-store --generate-binary-cache-key).",
+)
+@_root_option
+@_json_option
+def push(
+    target: str,
+    to: str,
+    name: str | None,
+    secret_key: Path | None,
+    root: Path | None,
+    as_json: bool,
+) -> None:
+    """Publish an entry into a Nix binary cache, for the machines that substitute it.
+
+    NAME is an installed model (its current entry), PATH an entry directory. The cache path is
+    /nix/store/<hash>-<name>: a machine that declares the model under the same name, with its
+    narHash, computes it and substitutes the entry before asking the Hub. Uncompressed unless the
+    URL says otherwise (compression=zstd); file:// caches are written here, streaming.
+    """
+    from model_pull import push as push_mod
+
+    pushed = push_mod.push(push_mod.source(_state(root), target, name), to, secret_key)
+    if as_json:
+        _emit(pushed.to_json())
+        return
+    state = "pushed" if pushed.written else "already there"
+    signed = ", signed" if pushed.signed else ""
+    click.echo(f"{pushed.narinfo.store_path}: {state} ({to}{signed})")
+    click.echo(f"  narHash   {pushed.narinfo.nar_hash}")
+    click.echo(f"  size      {human_size(pushed.narinfo.nar_size)}")
 
 
 @cli.command("hash")

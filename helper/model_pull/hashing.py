@@ -3,6 +3,8 @@
 `nar_hash(path)` equals `nix hash path PATH` (SHA-256 of the Nix ARchive of PATH), and
 `store_name(nar, name)` equals the basename `nix-store --add PATH` gives (a recursive, sha256
 fixed-output import: `makeFixedOutputPath` -> `makeStorePath("source", hash, name)`).
+`nar_hash(path, out=f.write)` also writes the NAR itself, byte for byte what `nix-store --dump`
+prints, while it hashes it (`model-pull push` streams it into a binary cache that way).
 
 The NAR walk streams every regular file once; callers that also need per-file hashes (to verify
 downloads against the Hub's listing) pass `on_file` and get those in the same read.
@@ -150,18 +152,27 @@ class UnsupportedFileError(ValueError):
     """A node NAR cannot hold (a FIFO, a socket, a device), or a tree nested too deep."""
 
 
+# Where the NAR's bytes go besides the hash (a file's `write`), in order.
+NarOut = Callable[[bytes | memoryview], object]
+
+
 class _Sink:
     """Feeds the NAR hash. File contents are read ahead on a second thread while the NAR hash
     takes the current chunk, and go to the extra (per-file) hashers on a third: each byte is read
-    once, and the copy out of the page cache and both hashes run side by side."""
+    once, and the copy out of the page cache and both hashes run side by side. With `out`, every
+    NAR byte is also written there, in order: file contents on the third thread, with the extra
+    hashers (each file's last write is waited for before the next NAR bytes)."""
 
-    def __init__(self, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, pool: ThreadPoolExecutor, out: NarOut | None = None) -> None:
         self.h = hashlib.sha256()
         self.size = 0
         self.pool = pool
+        self.out = out
 
     def meta(self, data: bytes) -> None:
         self.h.update(data)
+        if self.out is not None:
+            self.out(data)
         self.size += len(data)
 
     def contents(self, f: Readable, size: int, extra: list[Hasher], what: Path) -> None:
@@ -181,8 +192,8 @@ class _Sink:
             if pending is not None:
                 pending.result()
                 pending = None
-            if extra:
-                pending = self.pool.submit(_update_all, extra, chunk)
+            if extra or self.out is not None:
+                pending = self.pool.submit(_update_all, extra, chunk, self.out)
             self.h.update(chunk)
             got += n
         if pending is not None:
@@ -195,9 +206,11 @@ class _Sink:
             self.meta(b"\0" * pad)
 
 
-def _update_all(hashers: list[Hasher], chunk: memoryview) -> None:
+def _update_all(hashers: list[Hasher], chunk: memoryview, out: NarOut | None = None) -> None:
     for h in hashers:
         h.update(chunk)
+    if out is not None:
+        out(chunk)
 
 
 def _walk(
@@ -243,15 +256,22 @@ def _walk(
     sink.meta(_CLOSE)
 
 
-def nar_hash(path: Path, on_file: OnFile | None = None, source: Source | None = None) -> NarResult:
-    """SHA-256 of the NAR of `path`, reading each file once (see module docstring).
+def nar_hash(
+    path: Path,
+    on_file: OnFile | None = None,
+    source: Source | None = None,
+    *,
+    out: NarOut | None = None,
+) -> NarResult:
+    """SHA-256 of the NAR of `path`, reading each file once (see module docstring); with `out`,
+    the NAR itself goes there too.
 
     `source` gives the bytes of files that are still arriving (pull.py hashes a download while
     it downloads); without it every file is read as it is on disk."""
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="nar")
     failed = True
     try:
-        sink = _Sink(pool)
+        sink = _Sink(pool, out)
         sink.meta(_MAGIC)
         _walk(sink, path, "", on_file, source)
         failed = False

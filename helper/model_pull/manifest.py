@@ -66,6 +66,17 @@ class DeclaredUnit:
 
 
 @dataclass(frozen=True)
+class Caches:
+    """`services.inference.caches`: the Nix binary caches asked for pinned models before the
+    Hub, the public keys trusted for paths without a content address, and how long a cache may
+    send nothing before it counts as unreachable (Nix's stalled-download-timeout)."""
+
+    urls: tuple[str, ...] = ()
+    trusted_public_keys: tuple[str, ...] = ()
+    stalled_timeout: int = 60
+
+
+@dataclass(frozen=True)
 class Manifest:
     path: Path
     root: Path
@@ -73,6 +84,7 @@ class Manifest:
     token_file: Path | None
     models: dict[str, DeclaredModel]
     units: dict[str, DeclaredUnit]
+    caches: Caches = Caches()
 
     @classmethod
     def load(cls, path: Path | None = None) -> Manifest:
@@ -221,6 +233,17 @@ class _Reader:
             token_file=Path(token_file) if token_file else None,
             models=models,
             units=units,
+            caches=self.caches(self.obj(self.get(top, "caches", "", dict, default={}), "caches")),
+        )
+
+    def caches(self, spec: Mapping[str, Any]) -> Caches:
+        timeout = self.get(spec, "stalledTimeout", "caches", int, default=Caches.stalled_timeout)
+        if timeout < 1:
+            raise self.fail("caches.stalledTimeout", "must be at least 1 (seconds)")
+        return Caches(
+            urls=self.strings(spec, "urls", "caches"),
+            trusted_public_keys=self.strings(spec, "trustedPublicKeys", "caches"),
+            stalled_timeout=timeout,
         )
 
     def model(self, name: str, spec: Mapping[str, Any]) -> DeclaredModel:
@@ -242,7 +265,7 @@ class _Reader:
         engine_defaults = self.get(spec, "engineDefaults", where, dict, default={})
         if not json_depth(engine_defaults):
             raise self.fail(f"{where}.engineDefaults", f"nests deeper than {JSON_MAX_DEPTH}")
-        from model_pull.layouts import validate_engine_args
+        from model_pull.engine_args import validate_engine_args
 
         try:
             validate_engine_args(engine_defaults)

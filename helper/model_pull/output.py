@@ -29,6 +29,17 @@ class InstalledJson(TypedDict):
     nixStorePath: NotRequired[str]  # with --store nix
 
 
+class PushJson(TypedDict):
+    """`push` (push.Pushed)."""
+
+    to: str  # the URL as given
+    storePath: str  # /nix/store/<hash>-<name>, the path substituting machines ask for
+    narHash: str
+    narSize: int
+    written: bool  # False: the cache had it already
+    signed: bool
+
+
 class HashJson(TypedDict):
     path: str
     narHash: str
@@ -169,6 +180,7 @@ class ModelStatusJson(TypedDict):
     pinDiffers: bool
     narHash: str | None
     pulledAt: str | None
+    substitutePath: str | None  # /nix/store/<hash>-<name> the caches are asked for; null: none
     units: list[UnitStatusJson]
 
 

@@ -223,13 +223,27 @@ def _finish(
     options: Options,
     extra_record: dict[str, Any],
 ) -> Installed:
-    """Install the verified tree and switch to it. What can fail (a full disk) is done before
-    anything becomes visible; if the switch itself fails after the pin's gate moved, the error
-    says so."""
     if options.expect_nar and nar.sri != options.expect_nar:
         raise pin_mismatch(spec, nar.sri, options.expect_nar)
+    return install_verified(root, staging, name, spec, nar, options, extra_record)
+
+
+def install_verified(
+    root: StateRoot,
+    tree: Path,
+    name: str,
+    spec: EntrySpec,
+    nar: NarResult,
+    options: Options,
+    extra_record: dict[str, Any],
+) -> Installed:
+    """Install a tree whose NAR hash is known to be `nar` (hashed here, or checked by Nix when
+    substituted from a binary cache): rename it into store/, link the pin, record the pull,
+    switch models/<name>. The tree must be under the root's staging/. What can fail (a full
+    disk) is done before anything becomes visible; if the switch itself fails after the pin's
+    gate moved, the error says so."""
     root.check_model_link(name)
-    entry = root.install(staging, name, nar)
+    entry = root.install(tree, name, nar)
     root.record(
         {
             "name": name,
@@ -326,7 +340,11 @@ def fetch(
     wait: bool = True,
     preflight: Callable[[str, list[hub.RemoteFile]], None] | None = None,
     connections: int | None = None,
+    substitute: Callable[[], Installed | None] | None = None,
 ) -> Installed:
+    """Pull `repo` at `revision` from the Hub. `substitute` (a pinned model, with binary caches:
+    substitute.py) is asked first, after the offline up-to-date check: an entry it returns is
+    installed already, None means the Hub."""
     name = options.model_name(repo)
     connections = connections or transfer.connections_from_env()
     root.check()
@@ -335,6 +353,8 @@ def fetch(
         done = up_to_date(root, name, options.spec(repo, revision), options)
         if done is not None:
             return _pinned(root, done, options, wait)
+    if substitute is not None and (done := substitute()) is not None:
+        return done
     commit = hub.resolve_revision(repo, revision, remote)
     spec = options.spec(repo, commit)
     # The commit and the options decide the entry: a branch that did not move costs one request.

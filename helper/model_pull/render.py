@@ -74,6 +74,12 @@ def status_text(report: status_mod.Report) -> str:
         if m.pulled_at:
             detail += f"  pulled {m.pulled_at}"
         lines.append(detail)
+        if m.caches and m.substitute_path:
+            lines.append(f"  caches    asked for {m.substitute_path} before the Hub")
+        elif m.caches:
+            lines.append(
+                f"  caches    not asked: no narHash (model-pull prefetch {m.repo} prints one)"
+            )
         for u in m.units:
             state = u.state.describe() if u.state else "unknown (no bus)"
             gpu = "" if report.gpu_error else f"  GPU {human_bytes(u.gpu_bytes or 0)}"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from model_pull import systemd
+from model_pull.binary_cache import store_path
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.manifest import DeclaredModel, Manifest
 from model_pull.output import ModelStatusJson, StatusJson, UnitStatusJson
@@ -61,6 +62,10 @@ class ModelReport:
     nar_hash: str | None  # from state/pulls.jsonl, the line that installed this entry
     pulled_at: str | None
     units: tuple[UnitReport, ...]
+    # The binary caches: None without any; else the store path they are asked for, or None
+    # when the model has no narHash (then it only ever comes from the Hub).
+    caches: tuple[str, ...] = ()
+    substitute_path: str | None = None
 
     @property
     def present(self) -> bool:
@@ -87,6 +92,7 @@ class ModelReport:
             "pinDiffers": self.pin_differs,
             "narHash": self.nar_hash,
             "pulledAt": self.pulled_at,
+            "substitutePath": self.substitute_path,
             "units": [u.to_json() for u in self.units],
         }
 
@@ -133,7 +139,7 @@ def collect(manifest: Manifest, root: Path, *, gpu_memory: GpuMemory | None = No
             )
             for u in model.units
         )
-        models.append(_model_report(model, state, units))
+        models.append(_model_report(model, state, units, manifest.caches.urls))
     return Report(manifest.path, root, tuple(models), bus_error, gpu_error)
 
 
@@ -141,7 +147,7 @@ def collect(manifest: Manifest, root: Path, *, gpu_memory: GpuMemory | None = No
 
 
 def _model_report(
-    model: DeclaredModel, state: StateRoot, units: tuple[UnitReport, ...]
+    model: DeclaredModel, state: StateRoot, units: tuple[UnitReport, ...], caches: tuple[str, ...]
 ) -> ModelReport:
     gate = state.gate(model.name, model.nar_hash)
     entry = state.entry_at(gate)
@@ -163,7 +169,19 @@ def _model_report(
         nar_hash=_opt_str(record.get("narHash")),
         pulled_at=_opt_str(record.get("time")),
         units=units,
+        caches=caches,
+        substitute_path=_substitute_path(model) if caches else None,
     )
+
+
+def _substitute_path(model: DeclaredModel) -> str | None:
+    """The store path the caches are asked for: only a pinned model has one."""
+    if model.nar_hash is None:
+        return None
+    try:
+        return store_path(model.nar_hash, model.name)
+    except ValueError:
+        return None
 
 
 def _opt_str(value: Any) -> str | None:

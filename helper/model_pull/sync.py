@@ -10,11 +10,12 @@ decides the exit code.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model_pull import hub, pull
+from model_pull import hub, pull, substitute
 from model_pull.datamodel import resolve_root
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.manifest import DeclaredModel, Manifest
@@ -65,26 +66,36 @@ def sync(
     wait: bool = True,
     say: Callable[[str], None] = logger.info,
     on_error: Callable[[str, ModelPullError], None] | None = None,
+    nix_store: NixStore | None = None,
 ) -> SyncResult:
     """Pull every declared model; `say` gets one line per model (and warnings), `on_error` each
-    model's failure. Restart failures are in the result (`restart_error`, the outcomes)."""
+    model's failure. Restart failures are in the result (`restart_error`, the outcomes).
+
+    A pinned model is substituted from the manifest's binary caches first (substitute.py). With
+    `nix_store` (`--store nix`), each entry is also imported into that Nix store with a GC root."""
     state = StateRoot(resolve_root(root, lambda: manifest.root))
     remote = hub.Remote(endpoint=manifest.endpoint, token=hub.read_token(manifest.token_file))
     result = SyncResult()
     for name, model in sorted(manifest.models.items()):
         if not hub.COMMIT_RE.match(model.revision):
             say(f"warning: {name} follows {model.revision!r}, not a commit: not reproducible")
+        options = options_for(model)
         try:
             installed = pull.fetch(
                 model.repo,
                 model.revision,
-                options_for(model),
+                options,
                 state,
                 remote,
                 progress=progress,
                 wait=wait,
                 preflight=_gate(manifest, model, remote, say),
+                substitute=substitute.substituter(
+                    state, model.repo, model.revision, options, manifest.caches, wait=wait, say=say
+                ),
             )
+            if nix_store is not None:
+                _import(state, installed, nix_store, say)
         except ModelPullError as exc:
             result.failed[name] = exc
             if on_error is not None:
@@ -106,6 +117,28 @@ def sync(
                 )
             result.restart_error = exc
     return result
+
+
+@dataclass(frozen=True)
+class NixStore:
+    """`--store nix`: the Nix store the entries also go into (None: the machine's own)."""
+
+    uri: str | None = None
+
+
+def _import(
+    state: StateRoot, installed: pull.Installed, store: NixStore, say: Callable[[str], None]
+) -> None:
+    """Import the entry into the Nix store with a GC root, unless the root points at it already."""
+    from model_pull.hashing import NIX_STORE_DIR
+    from model_pull.nix import add_entry
+
+    gc_root = state.gcroots / installed.name
+    wanted = f"{NIX_STORE_DIR}/{installed.entry.basename}"
+    if gc_root.is_symlink() and os.readlink(gc_root) == wanted:
+        return
+    path = add_entry(installed.entry, store_uri=store.uri, gc_root=gc_root)
+    say(f"{installed.name}: in the Nix store as {path}")
 
 
 def _gate(

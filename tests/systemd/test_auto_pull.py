@@ -8,11 +8,13 @@ units over D-Bus from inside that sandbox; the unit then stays active (RemainAft
 only a changed manifest (its restart trigger) pulls again on a switch. A failure a retry
 cannot change ends in `failed`; one it can (the Hub unreachable) waits to restart.
 
-The runtimes are tests/systemd/runtime_probe.py, as in test_pull_to_serving_gpu_units.py;
-the helper in the unit is this checkout's model_pull on Debian's /usr/bin/python3 with the
-test venv's site-packages, bound outside /root (the unit's ProtectHome hides it). This systemd
-may be older than NixOS's: RestartSteps/RestartMaxDelaySec (254+) are then ignored, and the
-retry delay stays RestartSec=30s, which no assertion here waits for.
+The runtimes are placeholders that stay up (this test is about model-pull.service starting
+them; test_pull_to_serving_gpu_units.py runs the real vLLM and the probes in these units);
+the packages on the units' PATH are bound as NixOS renders them. The helper in the unit is
+this checkout's model_pull on Debian's /usr/bin/python3 with the test venv's site-packages,
+bound outside /root (the unit's ProtectHome hides it). This systemd may be older than NixOS's:
+RestartSteps/RestartMaxDelaySec (254+) are then ignored, and the retry delay stays
+RestartSec=30s, which no assertion here waits for.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from serving_world import (
     PROBE_ROOT,
     World,
     package_dir,
-    probe,
+    path_packages,
+    placeholder,
     serving_world,
-    vllm_config,
+    shell_application,
 )
 
 from model_pull.devhub import DevHub
@@ -48,6 +51,7 @@ HOST = "h100-server"
 UNIT = "model-pull.service"
 MODEL = "qwen3_5-2b"
 RUNTIMES = ["vllm-qwen.service", "triton.service", "sglang-qwen.service"]
+REAL = "test_pull_to_serving_gpu_units.py"
 HELPER = (
     "#!/bin/sh\n# this checkout's model_pull, standing in for the packaged helper\n"
     f"exec env PYTHONPATH={PROBE_ROOT}/helper:{PROBE_ROOT}/site-packages "
@@ -66,20 +70,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     commit = DevHub(base / "hub").add_repo(declared["repo"], tiny_llama_files(seed=7))
     pkgs: dict[str, Path] = {
         "model-pull": package_dir(base, "model-pull", {"bin/model-pull": HELPER}),
-        "vllm": package_dir(base, "vllm", {"bin/vllm": probe("vllm")}),
+        "vllm": package_dir(base, "vllm", {"bin/vllm": placeholder("vllm", REAL)}),
         "triton-inference-server": package_dir(
-            base, "triton", {"bin/tritonserver": probe("triton")}
+            base, "triton", {"bin/tritonserver": placeholder("tritonserver", REAL)}
         ),
-        "sglang-env": package_dir(base, "sglang-env", {"bin/python": probe("sglang")}),
+        "sglang-env": package_dir(base, "sglang-env", {"bin/python": placeholder("sglang", REAL)}),
+        **path_packages(base),
     }
     (assemble,) = [
         p for p in store_paths(render(HOST, "triton.service")) if p.endswith("-triton-assemble")
     ]
-    script = (PROJECT / "nixos" / "triton-assemble.sh").read_text()
-    pkgs[assemble] = package_dir(
-        base, "triton-assemble", {"bin/triton-assemble": "#!/bin/bash\n" + script}
+    pkgs[assemble] = shell_application(
+        base,
+        "triton-assemble",
+        (PROJECT / "nixos" / "triton-assemble.sh").read_text(),
+        [golden["packages"]["coreutils"], golden["packages"]["jq"]],
     )
-    pkgs |= vllm_config(base, HOST, "qwen")
     with serving_world(base, HOST, pkgs, revisions={MODEL: commit}) as w:
         # The host pulls from huggingface.co; here from the loopback Hub (one more line).
         home = 'Environment="HF_HOME=/var/cache/model-pull"'

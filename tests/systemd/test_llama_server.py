@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from container import SystemdContainer
-from serving_world import llama_server_binary
 
 from model_pull import systemd, units
 from model_pull.tinymodels import write_tiny_gguf
+from real_runtimes import llama_server_binary
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
 

@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 from container import PROJECT
-from serving_world import llama_server_binary, package_dir
+from serving_world import package_dir
 
 from model_pull.datamodel import by_hash_name
+from real_runtimes import llama_server_binary
 
 sys.path.insert(0, str(PROJECT / "tests" / "nix"))
 from render_units import render_unit, store_paths

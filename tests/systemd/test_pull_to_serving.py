@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 from container import unavailable_reason
-from serving_world import World, llama_server_binary, package_dir, serving_world
+from serving_world import World, package_dir, serving_world
 
 from model_pull.devhub import DevHub
 from model_pull.errors import ExitCode
 from model_pull.tinymodels import DRAFT_GGUF_SHAPE, write_tiny_gguf
+from real_runtimes import llama_server_binary
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
 
