@@ -156,3 +156,27 @@ def test_hash_of_a_fifo(model_pull, devhub, tmp_path):
     tree.mkdir()
     os.mkfifo(tree / "pipe")
     refused(model_pull, devhub, tmp_path, 25, "hash", str(tree))
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "x" * 212])
+def test_hash_with_a_name_nix_would_refuse(model_pull, devhub, tmp_path, name):
+    (tmp_path / "tree").mkdir()
+    line = refused(model_pull, devhub, tmp_path, 2, "hash", str(tmp_path / "tree"), "--name", name)
+    assert "is not a Nix store name" in line
+
+
+@pytest.mark.parametrize("command", ["check", "fetch"])
+def test_a_bad_gpu_spec_is_refused_before_any_request(
+    model_pull, devhub, hub_repos, tmp_path, command
+):
+    repo = hub_repos.tiny_gguf.repo
+    args = [command, repo, "--gpu", "Z80", "--root", str(tmp_path / "root")]
+    line = refused(model_pull, devhub, tmp_path, 2, *args)
+    assert "bad --gpu 'Z80'" in line
+
+
+def test_verify_of_a_root_that_does_not_exist(model_pull, devhub, tmp_path):
+    missing = tmp_path / "no-such-root"
+    line = refused(model_pull, devhub, tmp_path, 20, "--root", str(missing), "verify")
+    assert f"no state root at {missing}" in line
+    assert not missing.exists()

@@ -388,6 +388,7 @@ def fetch(
 
     _check_repo(repo)
     options = _options(**opts)
+    check.gather_gpus(gpus)  # a bad --gpu is refused before any request
     state = _state(root)
     remote = hub.Remote(token=hub.read_token(token_file))
     if cache_urls and options.expect_nar is None:
@@ -580,8 +581,20 @@ def push(
 @_json_option
 def hash_cmd(path: Path, name: str | None, as_json: bool) -> None:
     """The NAR hash of PATH (= `nix hash path`) and the store path `nix-store --add` gives it."""
-    from model_pull.hashing import NIX_STORE_DIR, UnsupportedFileError, nar_hash, store_basename
+    from model_pull.hashing import (
+        NIX_STORE_DIR,
+        UnsupportedFileError,
+        nar_hash,
+        store_basename,
+        valid_store_name,
+    )
 
+    if name is not None and not valid_store_name(name):
+        raise ModelPullError(
+            ExitCode.USAGE,
+            f"--name {redact.name(name)} is not a Nix store name",
+            hint="1-211 characters of A-Z a-z 0-9 + - . _ ? =, not starting with '.'",
+        )
     try:
         nar = nar_hash(path)
     except UnsupportedFileError as exc:
@@ -590,7 +603,7 @@ def hash_cmd(path: Path, name: str | None, as_json: bool) -> None:
             redact.clean(str(exc), 300),
             hint="a NAR holds regular files, directories and symlinks only",
         ) from exc
-    store_name = name or path.resolve().name
+    store_name = path.resolve().name if name is None else name
     try:
         store_path = f"{NIX_STORE_DIR}/{store_basename(nar.digest, store_name)}"
     except ValueError as exc:
@@ -617,6 +630,12 @@ def verify(names: tuple[str, ...], root: Path | None, as_json: bool) -> None:
     from model_pull.verify import verify_entries
 
     state = _state(root)
+    if not state.path.exists():
+        raise ModelPullError(
+            ExitCode.NOT_INSTALLED,
+            f"no state root at {state.path}: nothing was ever installed there",
+            hint="check --root and MODEL_PULL_ROOT",
+        )
     results = verify_entries(state, list(names))
     if not results:
         click.echo(f"no models in {state.path}: nothing to verify", err=True)
@@ -825,14 +844,15 @@ def check_cmd(
     Exit: 0 ok, 30 emulated (--strict), 31 unsupported, 32 does not fit, 33 no GPU information.
     """
     rt = Runtime(runtime) if runtime else None
-    meta = load_target(target, root=_root(root), revision=revision)
+    planned = check.gather_gpus(gpus) if gpus else None  # bad --gpu: refused before any request
     arches = check.parse_package_sms(package_sm) if package_sm else ()
+    meta = load_target(target, root=_root(root), revision=revision)
     if not arches and "/" not in target:
         unit = check.unit_facts_from_manifest(target, rt)
         if unit is not None:
             rt = rt or unit.runtime
             arches = unit.arches
-    found, problem = check.gather_gpus(gpus)
+    found, problem = planned or check.gather_gpus(gpus)
     report = check.preflight(
         meta,
         rt,
