@@ -188,7 +188,8 @@ rec {
     }) (lib.attrNames engineArgs);
 
   # Device nodes of the NVIDIA driver. Major 195 registers as "nvidia" on current drivers and
-  # as "nvidia-frontend" on older ones: allow both, or the GPU vanishes (notes/nixos.md).
+  # as "nvidia-frontend" on older ones (/proc/devices names them): allow both, or the GPU
+  # vanishes. `char-NAME` matches by that name: systemd.resource-control(5), DeviceAllow=.
   gpuDeviceAllow = map (d: "${d} rw") [
     "char-nvidiactl"
     "char-nvidia-caps"

@@ -302,6 +302,30 @@ def test_fetch_substitutes_into_a_chroot_nix_store_with_store_nix(
     nothing_half_made(root)
 
 
+def test_a_substituted_entry_passes_the_gpu_check_the_hub_pull_would(
+    model_pull, pulled: Pulled, tmp_path: Path
+):
+    """A cache's bytes skip the Hub, not the GPU check: on a GPU the model does not fit, the
+    substituted entry is refused with the Hub pull's exit code, and nothing is installed."""
+    push(model_pull, pulled, f"file://{tmp_path / 'cache'}")
+    root = tmp_path / "consumer"
+    args = ["fetch", pulled.repo, "--layout", "gguf", "--include", "tiny.gguf", "--name", NAME]
+    args += ["--nar-hash", pulled.nar, "--root", str(root)]
+    with StaticCache(tmp_path / "cache") as cache:
+        line = model_pull.error(
+            32, *args, "--cache", cache.url, "--gpu", "8.9:1MiB", env={"HF_ENDPOINT": DEAD_HUB}
+        )
+        assert "does not fit" in line, line
+        assert not (root / "models" / NAME).exists()
+        assert list((root / "store").iterdir()) == []
+        nothing_half_made(root)
+        # The same cache on a GPU it fits: substituted.
+        info = model_pull.json(
+            *args, "--cache", cache.url, "--gpu", "8.9:24GiB", env={"HF_ENDPOINT": DEAD_HUB}
+        )
+    assert info["path"] == str(root / "store" / pulled.entry.name)
+
+
 def test_the_bare_pull_with_store_nix_imports_a_substituted_entry(
     model_pull, pulled: Pulled, tmp_path: Path
 ):

@@ -3,7 +3,7 @@
 `preflight()` is a pure function from stated facts (model metadata, runtime, GPU facts, build SMs,
 context, parallel) to a `Report`; it never touches NVML or the network. `gather_gpus()` and
 `unit_facts_from_manifest()` gather the machine's facts; metadata.py reads the model's;
-`gate_fetch()` joins them for `fetch`. render.py turns a Report into text.
+`Gate` joins them for a pull. render.py turns a Report into text.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model_pull import compat, fit, gpu, quant
@@ -360,44 +361,59 @@ def _fit_reasons(label: str, f: fit.Fit, g: GpuFacts, rt: Runtime) -> list[str]:
     return out
 
 
-def gate_fetch(
-    repo: str,
-    commit: str,
-    listing: Sequence[tuple[str, int]],
-    *,
-    remote: hub_types.Remote | None = None,
-    runtime: Runtime | None = None,
-    gpu_specs: Sequence[str] = (),
-    package_arches: Sequence[PackageArch] = (),
-    force: bool = False,
-    warn: Callable[[str], None],
-) -> Report | None:
-    """The check `fetch` runs before downloading weights, from metadata only.
+@dataclass(frozen=True)
+class Gate:
+    """The GPU check a pull runs before it installs weights: from the Hub's metadata before the
+    first weight byte (`listing`), or from the tree a binary cache delivered (`tree`), which
+    never went through the first.
 
     Refuses an unsupported or non-fitting model (its own exit code) unless `force`; with no GPU
     information (a build host) or metadata it cannot read, it warns and lets the pull go on.
     """
-    try:
-        meta = metadata_from_listing(repo, commit, listing, remote)
-    except ModelPullError as exc:
-        if exc.code is not ExitCode.BAD_INPUT:
-            raise
-        warn(f"not checked against the GPU: {exc.message}")
-        return None
-    gpus, problem = gather_gpus(gpu_specs)
-    report = preflight(meta, runtime, gpus, gpu_problem=problem, package_arches=package_arches)
-    code = report.exit_code()
-    if code is ExitCode.NO_GPU_INFO:
-        warn(
-            f"{problem or 'no GPU information'}: packaging without a GPU check "
-            "(plan for the target with model-pull check --gpu)"
+
+    repo: str
+    warn: Callable[[str], None]
+    remote: hub_types.Remote | None = None
+    runtime: Runtime | None = None
+    gpu_specs: Sequence[str] = ()
+    package_arches: Sequence[PackageArch] = ()
+    force: bool = False
+
+    def listing(self, commit: str, files: Sequence[hub_types.RemoteFile]) -> Report | None:
+        """Before the download: the metadata files of the chosen `files`, read from the Hub."""
+        listing = [(f.path, f.size) for f in files]
+        return self._decide(lambda: metadata_from_listing(self.repo, commit, listing, self.remote))
+
+    def tree(self, tree: Path) -> Report | None:
+        """Before installing a substituted entry: its own metadata files."""
+        return self._decide(lambda: ModelMetadata.from_directory(tree))
+
+    def _decide(self, read: Callable[[], ModelMetadata]) -> Report | None:
+        try:
+            meta = read()
+        except ModelPullError as exc:
+            if exc.code is not ExitCode.BAD_INPUT:
+                raise
+            self.warn(f"not checked against the GPU: {exc.message}")
+            return None
+        gpus, problem = gather_gpus(self.gpu_specs)
+        report = preflight(
+            meta, self.runtime, gpus, gpu_problem=problem, package_arches=self.package_arches
         )
-    elif code in (ExitCode.UNSUPPORTED, ExitCode.DOES_NOT_FIT):
-        reasons = "; ".join(report.reasons[:2]) if report.reasons else str(report.verdict)
-        if force:
-            warn(f"{repo}: {reasons} (pulling anyway: --force)")
-        else:
-            raise ModelPullError(
-                code, f"{repo}: {reasons}", hint="see model-pull check; --force pulls anyway"
+        code = report.exit_code()
+        if code is ExitCode.NO_GPU_INFO:
+            self.warn(
+                f"{problem or 'no GPU information'}: packaging without a GPU check "
+                "(plan for the target with model-pull check --gpu)"
             )
-    return report
+        elif code in (ExitCode.UNSUPPORTED, ExitCode.DOES_NOT_FIT):
+            reasons = "; ".join(report.reasons[:2]) if report.reasons else str(report.verdict)
+            if self.force:
+                self.warn(f"{self.repo}: {reasons} (pulling anyway: --force)")
+            else:
+                raise ModelPullError(
+                    code,
+                    f"{self.repo}: {reasons}",
+                    hint="see model-pull check; --force pulls anyway",
+                )
+        return report

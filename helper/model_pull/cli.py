@@ -403,18 +403,14 @@ def fetch(
         else (Runtime.LLAMA_SERVER if options.layout is Layout.GGUF else None)
     )
 
-    def gate(commit: str, chosen: list[Any]) -> None:
-        check.gate_fetch(
-            repo,
-            commit,
-            [(f.path, f.size) for f in chosen],
-            remote=remote,
-            runtime=rt,
-            gpu_specs=gpus,
-            force=force,
-            warn=lambda m: click.echo(f"warning: {m}", err=True),
-        )
-
+    gate = check.Gate(
+        repo,
+        warn=lambda m: click.echo(f"warning: {m}", err=True),
+        remote=remote,
+        runtime=rt,
+        gpu_specs=gpus,
+        force=force,
+    )
     installed = pull.fetch(
         repo,
         revision,
@@ -423,7 +419,7 @@ def fetch(
         remote,
         progress=Progress(not as_json),
         wait=not no_wait,
-        preflight=gate,
+        preflight=gate.listing,
         connections=connections,
         substitute=substitute.substituter(
             state,
@@ -433,6 +429,7 @@ def fetch(
             Caches(cache_urls, trusted_keys),
             wait=not no_wait,
             say=lambda line: click.echo(line, err=True),
+            gate=gate.tree,
         ),
     )
     _report(installed, as_json, _nix_import(installed, state, store_mode, nix_store_uri))

@@ -338,7 +338,7 @@ def fetch(
     *,
     progress: Progress,
     wait: bool = True,
-    preflight: Callable[[str, list[hub.RemoteFile]], None] | None = None,
+    preflight: Callable[[str, list[hub.RemoteFile]], object] | None = None,
     connections: int | None = None,
     substitute: Callable[[], Installed | None] | None = None,
 ) -> Installed:

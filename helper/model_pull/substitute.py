@@ -70,13 +70,17 @@ def substituter(
     *,
     wait: bool,
     say: Callable[[str], None],
+    gate: Callable[[Path], object] | None = None,
 ) -> Callable[[], pull.Installed | None] | None:
     """The `substitute` hook of `pull.fetch` for this model, or None when there is nothing to
-    ask: no pin (never from a cache), or no caches."""
+    ask: no pin (never from a cache), or no caches. `gate` (the GPU check) sees a substituted
+    tree before it is installed, and refuses it as it would refuse the Hub's."""
     if options.expect_nar is None or not caches.urls:
         return None
     nar = options.expect_nar
-    return lambda: substitute(root, repo, revision, options, nar, caches, wait=wait, say=say)
+    return lambda: substitute(
+        root, repo, revision, options, nar, caches, wait=wait, say=say, gate=gate
+    )
 
 
 def substitute(
@@ -89,6 +93,7 @@ def substitute(
     *,
     wait: bool,
     say: Callable[[str], None],
+    gate: Callable[[Path], object] | None = None,
 ) -> pull.Installed | None:
     """The pinned entry, from store/ when it is there already, else from the first cache that
     has it and passes Nix's checks; None (after one line per cache saying why): the Hub."""
@@ -118,7 +123,9 @@ def substitute(
                 else "pulling from the Hub"
             )
             try:
-                installed = _from_cache(root, url, path, name, repo, revision, options, caches)
+                installed = _from_cache(
+                    root, url, path, name, repo, revision, options, caches, gate
+                )
             except _RefusedError as why:
                 prefix = "" if why.miss else "warning: "
                 # Nix's words may carry what the cache sent: one line, cut, secrets masked.
@@ -138,6 +145,7 @@ def _from_cache(
     revision: str,
     options: pull.Options,
     caches: Caches,
+    gate: Callable[[Path], object] | None,
 ) -> pull.Installed:
     tmp = Path(tempfile.mkdtemp(prefix=f"{name}.subst.", dir=root.staging))
     try:
@@ -165,6 +173,8 @@ def _from_cache(
             raise _RefusedError(f"it refers to other store paths: {info['references']}")
         tree = tmp / "store" / NIX_STORE_DIR.lstrip("/") / Path(path).name
         manifest = _declared(tree, repo, revision, options)
+        if gate is not None:
+            gate(tree)  # the GPU check the Hub's pull runs before its download
         digest = binary_cache.nar_digest(str(nar))
         return pull.install_verified(
             root,

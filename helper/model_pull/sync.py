@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model_pull import hub, pull, substitute
+from model_pull import check, hub, pull, substitute
 from model_pull.datamodel import resolve_root
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.manifest import DeclaredModel, Manifest
@@ -80,6 +80,7 @@ def sync(
         if not hub.COMMIT_RE.match(model.revision):
             say(f"warning: {name} follows {model.revision!r}, not a commit: not reproducible")
         options = options_for(model)
+        gate = _gate(manifest, model, remote, say)
         try:
             installed = pull.fetch(
                 model.repo,
@@ -89,9 +90,16 @@ def sync(
                 remote,
                 progress=progress,
                 wait=wait,
-                preflight=_gate(manifest, model, remote, say),
+                preflight=gate.listing,
                 substitute=substitute.substituter(
-                    state, model.repo, model.revision, options, manifest.caches, wait=wait, say=say
+                    state,
+                    model.repo,
+                    model.revision,
+                    options,
+                    manifest.caches,
+                    wait=wait,
+                    say=say,
+                    gate=gate.tree,
                 ),
             )
             if nix_store is not None:
@@ -143,23 +151,14 @@ def _import(
 
 def _gate(
     manifest: Manifest, model: DeclaredModel, remote: hub.Remote, say: Callable[[str], None]
-) -> Callable[[str, list[hub.RemoteFile]], None]:
+) -> check.Gate:
     """The GPU check for a declared model: its units' runtime and CUDA capabilities."""
     units = [manifest.units[u] for u in model.units if u in manifest.units]
-    runtime = units[0].runtime if units else None
     caps = sorted({c for u in units for c in u.cuda_capabilities})
-
-    def gate(commit: str, chosen: list[hub.RemoteFile]) -> None:
-        from model_pull import check
-
-        check.gate_fetch(
-            model.repo,
-            commit,
-            [(f.path, f.size) for f in chosen],
-            remote=remote,
-            runtime=runtime,
-            package_arches=check.parse_package_sms(",".join(caps)),
-            warn=lambda m: say(f"warning: {model.name}: {m}"),
-        )
-
-    return gate
+    return check.Gate(
+        model.repo,
+        warn=lambda m: say(f"warning: {model.name}: {m}"),
+        remote=remote,
+        runtime=units[0].runtime if units else None,
+        package_arches=check.parse_package_sms(",".join(caps)),
+    )
