@@ -45,7 +45,7 @@ from real_runtimes import llama_server_binary  # noqa: E402
 # unit for `settle` = 2 s, so a crash right after start is reported, not missed).
 TIMED_RESTART = """
 import json, os, subprocess, sys, threading, time, urllib.request
-from model_pull import systemd
+from model_pull import systemd, units
 mode, unit, url = sys.argv[1:4]
 # 10 restarts in a row would hit the unit's StartLimitBurst=5 (a manual or D-Bus restart
 # counts too): reset the counter, untimed
@@ -68,7 +68,7 @@ def poll():
 t0 = time.perf_counter()
 poller = threading.Thread(target=poll); poller.start()
 if mode == "pull":
-    systemd.raise_for_failed(systemd.restart_waiting_units([unit]))
+    units.raise_for_failed(systemd.restart_waiting_units([unit]))
 else:
     subprocess.run(["systemctl", "restart", unit], check=True)
 returned = time.perf_counter()

@@ -56,7 +56,7 @@ PORT = 8000
 # (vLLM's own stop).
 TIMED_RESTART = """
 import json, os, subprocess, sys, threading, time, urllib.request
-from model_pull import systemd
+from model_pull import systemd, units
 mode, unit, url, served = sys.argv[1:5]
 # restarts in a row would hit the unit's StartLimitBurst=5: reset the counter, untimed
 subprocess.run(["systemctl", "reset-failed", unit], check=True)
@@ -82,7 +82,7 @@ def poll():
 t0 = time.perf_counter()
 poller = threading.Thread(target=poll); poller.start()
 if mode == "pull":
-    systemd.raise_for_failed(systemd.restart_waiting_units([unit]))
+    units.raise_for_failed(systemd.restart_waiting_units([unit]))
 else:
     subprocess.run(["systemctl", "restart", unit], check=True)
 returned = time.perf_counter()
