@@ -138,9 +138,13 @@ let
         ;
       units = unitsFor name;
     }) models;
-    units = lib.mapAttrs (_: u: {
-      inherit (u) runtime models cudaCapabilities;
-    }) cfg.runtimeUnits;
+    units = lib.mapAttrs (
+      _: u:
+      {
+        inherit (u) runtime models cudaCapabilities;
+      }
+      // lib.optionalAttrs (u.onDemand != null) { inherit (u) onDemand; }
+    ) cfg.runtimeUnits;
   };
 
   # The manifest as a file: /etc/inference/models.json, and the restart trigger of the pull.
@@ -148,6 +152,8 @@ let
 
   # Nix store names (nix-store --add): the helper names each entry `<hash>-<model name>`.
   isStoreName = name: builtins.match "[A-Za-z0-9+_?=-][A-Za-z0-9+._?=-]*" name != null;
+
+  onDemandUnits = lib.attrNames (lib.filterAttrs (_: u: u.onDemand != null) cfg.runtimeUnits);
 
   portUsers = lib.foldlAttrs (
     acc: unit: u:
@@ -229,7 +235,7 @@ in
       default = false;
       description = ''
         The runtime units conflict with each other: starting one stops the others and frees
-        their GPU memory.
+        their GPU memory. For runtimes that share a GPU on demand, use their `onDemand` instead.
       '';
     };
 
@@ -303,6 +309,18 @@ in
             };
             # What the unit's runtime package has CUDA code for (lib.nix, cudaCapabilitiesOf).
             cudaCapabilities = mkOption { type = types.listOf types.str; };
+            # Served on demand (lib.nix, onDemandRecord): its idle timeout and socket units.
+            onDemand = mkOption {
+              type = types.nullOr (
+                types.submodule {
+                  options = {
+                    idleTimeout = mkOption { type = types.ints.positive; };
+                    sockets = mkOption { type = types.listOf types.str; };
+                  };
+                }
+              );
+              default = null;
+            };
           };
         }
       );
@@ -345,6 +363,14 @@ in
         assertion = m.layout == "hf" || m.layout == "gguf" || m.tritonName != null;
         message = "services.inference.models.${name}.tritonName is needed for the ${m.layout} layout.";
       }) models
+      ++ [
+        {
+          # Conflicts= between on-demand units flip-flops into trigger-limit-hit when requests for
+          # two of them overlap, and cuts a request mid-stream; their GPU locks queue instead.
+          assertion = !(cfg.exclusiveGpu && onDemandUnits != [ ]);
+          message = "services.inference.exclusiveGpu cannot be combined with on-demand runtimes (${lib.concatStringsSep ", " onDemandUnits}): on-demand runtimes on one GPU already wait for each other; set exclusiveGpu = false.";
+        }
+      ]
       # engineDefaults become Triton's model.json: triton.nix checks those of the models it
       # serves against its own vLLM; the others against the vLLM model-pull ships the list of.
       ++ lib.concatLists (
@@ -385,7 +411,11 @@ in
     };
     users.groups.inference = { };
 
-    systemd.tmpfiles.rules = [ "d ${cfg.root} 0755 root root -" ];
+    systemd.tmpfiles.rules = [
+      "d ${cfg.root} 0755 root root -"
+    ]
+    # The per-GPU locks of the on-demand runtimes (lib.nix, gpuLockArgs), writable by them only.
+    ++ lib.optional (onDemandUnits != [ ]) "d ${ilib.gpuLockDir} 0770 root inference -";
 
     systemd.services = lib.mkMerge [
       (lib.mkIf cfg.exclusiveGpu (

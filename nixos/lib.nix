@@ -363,6 +363,7 @@ rec {
   # from, and the firewall.
   hfInstancesConfig =
     {
+      pkgs,
       kind, # "vllm" | "sglang": option path and manifest runtime
       label, # "vLLM" | "SGLang": for assertion messages
       layouts,
@@ -370,7 +371,26 @@ rec {
       models,
       unitName,
       mkService,
+      healthPath, # answers 200 once the server can serve (the on-demand readiness gate)
     }:
+    let
+      onDemandArgs = name: inst: {
+        inherit pkgs;
+        inherit (inst) onDemand gpus;
+        unit = unitName name;
+        service = mkService name inst;
+        listeners = [
+          {
+            name = "";
+            inherit (inst) host port;
+          }
+        ];
+        health = {
+          inherit (inst) port;
+          path = healthPath;
+        };
+      };
+    in
     {
       assertions = lib.concatLists (
         lib.mapAttrsToList (
@@ -384,8 +404,10 @@ rec {
         ) instances
       );
 
-      systemd.services = lib.mapAttrs' (name: inst: lib.nameValuePair (unitName name) (mkService name inst)) (
-        lib.filterAttrs (_: inst: models ? ${inst.model}) instances
+      systemd = lib.mkMerge (
+        lib.mapAttrsToList (name: inst: onDemandUnits (onDemandArgs name inst)) (
+          lib.filterAttrs (_: inst: models ? ${inst.model}) instances
+        )
       );
 
       services.inference.runtimeUnits = lib.mapAttrs' (
@@ -396,6 +418,7 @@ rec {
           models = [ inst.model ];
           ports = [ inst.port ];
           cudaCapabilities = cudaCapabilitiesOf inst.package;
+          onDemand = onDemandRecord (unitName name) inst.onDemand (onDemandArgs name inst).listeners;
         }
       ) instances;
 
@@ -499,4 +522,255 @@ rec {
       ]
     )
   );
+
+  # ---- On-demand serving: systemd.socket(5), systemd-socket-proxyd(8), flock(1) ----
+
+  # `onDemand` of a runtime instance.
+  onDemandOption =
+    label:
+    lib.mkOption {
+      type = lib.types.submodule {
+        options = {
+          enable = lib.mkOption {
+            type = lib.types.bool;
+            default = false;
+            description = ''
+              Start ${label} on the first connection to its port and stop it after
+              `idleTimeout` seconds without one, which frees its memory (VRAM on a GPU).
+
+              The port is then a socket unit (`<unit>.socket`), listening once the model is
+              pulled: with no model, connections are refused, and `model-pull` starts the socket
+              after the pull. The first request waits while the model loads (it is never
+              refused); ${label} listens on the same port in a network namespace of its own that
+              only its proxy (`systemd-socket-proxyd`) joins. A start that fails gives the waiting
+              requests a reset, and the next request tries again: at most 5 starts within 5 times
+              `idleTimeout` (10 minutes at most), which use alone never reaches.
+
+              On-demand runtimes that share a GPU (a GPU in both `gpus`, compared as written;
+              `null` means every GPU, `[ ]` none) never run at the same time: a request for one
+              that is not running waits until the running one has had no connection for its own
+              `idleTimeout`, then this one loads. This is a queue, not pre-emption: a busy model
+              is never stopped for another. A client's timeout must cover the other model's
+              remaining requests, its `idleTimeout`, and this model's load time; the unit's
+              `TimeoutStartSec` (15 minutes) bounds that wait, after which the request gets a
+              reset and the next one queues again.
+            '';
+          };
+          idleTimeout = lib.mkOption {
+            type = lib.types.ints.positive;
+            default = 300;
+            example = 900;
+            description = ''
+              Seconds without an open connection after which ${label} stops. An open connection
+              counts as busy even when nothing is sent on it, so a client that keeps a connection
+              alive keeps the model loaded.
+            '';
+          };
+        };
+      };
+      default = { };
+      description = "Serve on demand: start on the first request, stop when idle.";
+    };
+
+  # The per-GPU locks of the on-demand runtimes (created by tmpfiles, see common.nix).
+  gpuLockDir = "/run/inference/gpu-locks";
+
+  # flock(1) in front of a runtime's command, so that on-demand runtimes on one GPU queue: a
+  # runtime for every GPU (gpus = null) takes `all` exclusively; one for some GPUs takes `all`
+  # shared and each of its GPUs exclusively. Always `all` first and the GPUs in sorted order,
+  # so that two runtimes never wait for each other. `--no-fork` execs the command with the lock
+  # held: it is released when the runtime's last process exits.
+  gpuLockArgs =
+    flock: gpus:
+    let
+      lockFile = name: "${gpuLockDir}/${lib.strings.sanitizeDerivationName name}";
+      lock = mode: name: [
+        flock
+        "--no-fork"
+        mode
+        (lockFile name)
+      ];
+    in
+    if gpus == null then
+      lock "--exclusive" "all"
+    else
+      lock "--shared" "all"
+      ++ lib.concatMap (g: lock "--exclusive" "gpu-${g}") (lib.sort (a: b: a < b) (lib.unique gpus));
+
+  # The script of the readiness gate and the proxy's start (bash builtins only).
+  onDemandScript =
+    pkgs:
+    pkgs.writeShellApplication {
+      name = "inference-on-demand";
+      text = builtins.readFile ./on-demand.sh;
+    };
+
+  # The host the runtime binds: its own address, or loopback in its private network namespace.
+  bindHost = inst: if inst.onDemand.enable then "127.0.0.1" else inst.host;
+
+  # A runtime module serves its instances on demand with four of these: `onDemand =
+  # onDemandOption "<label>"` among the instance's options, `bindHost inst` as the address its
+  # runtime binds, `systemd = onDemandUnits { ... }` instead of `systemd.services.<unit>`, and
+  # `onDemand = onDemandRecord <unit> inst.onDemand <listeners>` in its runtimeUnits record
+  # (llama-server.nix, hfInstancesConfig and triton.nix do so).
+
+  # The socket unit of a listener of `unit` (without .socket): "" is the main one.
+  onDemandSocket = unit: l: if l.name == "" then unit else "${unit}-${l.name}";
+
+  # The units of one runtime: { services; sockets; } for `systemd`. Always-on: the service as
+  # given. On demand (systemd.socket(5), systemd-socket-proxyd(8); each choice below was
+  # tested with systemd 252 and a real llama-server, tests/systemd/test_on_demand.py):
+  # - `<socket>.socket` per listener on the public address, gated like the runtime
+  #   (ConditionPathExists), activating `<socket>-proxy.service`;
+  # - the proxy: systemd-socket-proxyd --exit-idle-time, in the runtime's network namespace
+  #   (JoinsNamespaceOf=); Wants= + After= the runtime, never Requires= (a failed start would
+  #   fail the proxy's job, the socket would trigger again and again and end in
+  #   trigger-limit-hit, refusing every later client); PartOf= its socket; stopped with the
+  #   runtime (StopPropagatedFrom=: when it is stopped, and when it dies while the proxy runs,
+  #   but not while the proxy still waits to accept the clients of a failed start) and not
+  #   restarted with it (a proxy started with no client never times out); no start limit of
+  #   its own (the runtime's protects the machine, and a proxy that hit one would take the
+  #   socket down);
+  # - the runtime: StopWhenUnneeded= (it stops when its proxies exit), its GPU lock, its own
+  #   network namespace on loopback, the readiness gate, Restart=no (the next request is the
+  #   retry: an automatic restart would reload a model nobody asked for).
+  onDemandUnits =
+    {
+      pkgs,
+      unit, # the runtime's unit name, without .service
+      service, # its systemd.services value as an always-on unit
+      onDemand, # the instance's onDemand options
+      listeners, # [ { name; host; port; } ]: one socket each ("" is the main one, `<unit>.socket`)
+      health, # { port; path; }: answers 200 once the runtime can serve
+      gpus, # CUDA_VISIBLE_DEVICES of the runtime (null: every GPU)
+    }:
+    if !onDemand.enable then
+      {
+        services.${unit} = service;
+        sockets = { };
+      }
+    else
+      let
+        script = lib.getExe' (onDemandScript pkgs) "inference-on-demand";
+        healthUrl = "http://127.0.0.1:${toString health.port}${health.path}";
+        socketName = onDemandSocket unit;
+        proxyName = l: "${socketName l}-proxy";
+        # An IPv6 address goes in brackets: [::1]:8080.
+        listenStream =
+          l:
+          if lib.hasInfix ":" l.host then
+            "[${l.host}]:${toString l.port}"
+          else
+            "${l.host}:${toString l.port}";
+        # The runtime's hardening, less what a proxy has no use for: sockets and a loopback port,
+        # no devices, no state root, no restarts of its own.
+        proxyHardening =
+          removeAttrs
+            (hardening {
+              user = "inference";
+              root = "/";
+              jit = false;
+            })
+            [
+              "ReadOnlyPaths"
+              "DeviceAllow"
+              "RestartSec"
+            ]
+          // {
+            PrivateDevices = true;
+            PrivateNetwork = true;
+            ProcSubset = "pid";
+            RestrictAddressFamilies = [
+              "AF_INET"
+              "AF_INET6"
+              "AF_UNIX"
+            ];
+            Restart = "no";
+          };
+        proxy = l: {
+          description = "Proxy to ${unit} on port ${toString l.port} (on demand)";
+          wants = [ "${unit}.service" ];
+          after = [ "${unit}.service" ];
+          partOf = [ "${socketName l}.socket" ];
+          unitConfig = {
+            JoinsNamespaceOf = "${unit}.service";
+            StopPropagatedFrom = "${unit}.service";
+            StartLimitIntervalSec = 0;
+          };
+          serviceConfig = proxyHardening // {
+            # Its socket by name: nixos-rebuild switch then treats it as socket-activated (stops
+            # it and restarts the socket when it changes; a restarted proxy has no client and
+            # would never time out).
+            Sockets = "${socketName l}.socket";
+            ExecStart = execLine [
+              script
+              "proxy"
+              healthUrl
+              "${toString onDemand.idleTimeout}s"
+              "${pkgs.systemd}/lib/systemd/systemd-socket-proxyd"
+              "127.0.0.1:${toString l.port}"
+            ];
+          };
+        };
+        runtime = service // {
+          wantedBy = [ ];
+          unitConfig = service.unitConfig // {
+            StopWhenUnneeded = true;
+            # Every start counts, and one in use stops only after idleTimeout: 5 starts within
+            # 5 x idleTimeout is more than use can make, so the limit stops only a crash loop.
+            StartLimitBurst = 5;
+            StartLimitIntervalSec = lib.min 600 (5 * onDemand.idleTimeout);
+          };
+          serviceConfig = service.serviceConfig // {
+            # Started once exec'd: the gate below then runs beside the runtime as its user
+            # (with the default Type=simple it could run before, and see no runtime).
+            Type = "exec";
+            ExecStart =
+              execLine (gpuLockArgs (lib.getExe' pkgs.util-linux "flock") gpus)
+              + " "
+              + service.serviceConfig.ExecStart;
+            ExecStartPost = execLine [
+              script
+              "ready"
+              healthUrl
+            ];
+            PrivateNetwork = true;
+            ReadWritePaths = [ gpuLockDir ];
+            Restart = "no";
+            # The wait for the GPU lock and the load; see onDemandOption.
+            TimeoutStartSec = "15min";
+            SyslogIdentifier = unit;
+          };
+        };
+      in
+      {
+        services = {
+          ${unit} = runtime;
+        }
+        // lib.listToAttrs (map (l: lib.nameValuePair (proxyName l) (proxy l)) listeners);
+        sockets = lib.listToAttrs (
+          map (
+            l:
+            lib.nameValuePair (socketName l) {
+              description = "${service.description}, port ${toString l.port} (on demand)";
+              wantedBy = [ "sockets.target" ];
+              listenStreams = [ (listenStream l) ];
+              # No model, no listening: connections are refused until model-pull starts it.
+              unitConfig.ConditionPathExists = service.unitConfig.ConditionPathExists;
+              socketConfig.Service = "${proxyName l}.service";
+            }
+          ) listeners
+        );
+      };
+
+  # The manifest's record of a unit's on-demand serving (docs/ARCHITECTURE.md); null: always-on.
+  onDemandRecord =
+    unit: onDemand: listeners:
+    if onDemand.enable then
+      {
+        inherit (onDemand) idleTimeout;
+        sockets = map (l: "${onDemandSocket unit l}.socket") listeners;
+      }
+    else
+      null;
 }

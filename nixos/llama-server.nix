@@ -103,6 +103,7 @@ let
           '';
         };
         gpus = ilib.gpusOption "the server";
+        onDemand = ilib.onDemandOption "llama-server";
         settings = mkOption {
           type = ilib.flagSettingsType;
           default = { };
@@ -140,7 +141,7 @@ let
           "-m"
           (pathOf inst.model)
           "--host"
-          inst.host
+          (ilib.bindHost inst)
           "--port"
           inst.port
           "-c"
@@ -196,6 +197,24 @@ let
         };
     };
 
+  onDemandArgs = name: inst: {
+    inherit pkgs;
+    inherit (inst) onDemand gpus;
+    unit = unitName name;
+    service = mkService name inst;
+    listeners = [
+      {
+        name = "";
+        inherit (inst) host port;
+      }
+    ];
+    # 503 while the model loads, 200 once it serves.
+    health = {
+      inherit (inst) port;
+      path = "/health";
+    };
+  };
+
   declaredGguf =
     inst: ref: what:
     [
@@ -242,6 +261,15 @@ in
       ) cfg.instances
     );
 
+    # Only evaluated when every model is declared (assertions report the rest).
+    systemd = lib.mkMerge (
+      lib.mapAttrsToList (name: inst: ilib.onDemandUnits (onDemandArgs name inst)) (
+        lib.filterAttrs (
+          _: inst: lib.all (r: models ? ${r.name}) ([ inst.model ] ++ lib.optional (inst.draft != null) inst.draft)
+        ) cfg.instances
+      )
+    );
+
     warnings = lib.concatLists (
       lib.mapAttrsToList (
         name: inst:
@@ -250,13 +278,10 @@ in
           label = "llama-server";
           args = ilib.argsOf "llama-server" cfg.package;
         } inst.settings).warnings
+        ++ lib.optional (inst.onDemand.enable && inst.metrics)
+          "services.inference.llama-server.instances.${name}: metrics with onDemand: a scrape of /metrics is a request, which starts the model and keeps it loaded."
       ) cfg.instances
     );
-
-    # Only evaluated when every model is declared (assertions report the rest).
-    systemd.services = lib.mapAttrs' (
-      name: inst: lib.nameValuePair (unitName name) (mkService name inst)
-    ) (lib.filterAttrs (_: inst: lib.all (r: models ? ${r.name}) ([ inst.model ] ++ lib.optional (inst.draft != null) inst.draft)) cfg.instances);
 
     services.inference.runtimeUnits = lib.mapAttrs' (
       name: inst:
@@ -266,6 +291,7 @@ in
         models = [ inst.model.name ] ++ lib.optional (inst.draft != null) inst.draft.name;
         ports = [ inst.port ];
         cudaCapabilities = ilib.cudaCapabilitiesOf cfg.package;
+        onDemand = ilib.onDemandRecord (unitName name) inst.onDemand (onDemandArgs name inst).listeners;
       }
     ) cfg.instances;
 

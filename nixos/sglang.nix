@@ -33,6 +33,7 @@ let
         description = "Python environment with SGLang for this instance.";
       };
       gpus = ilib.gpusOption "SGLang";
+      onDemand = ilib.onDemandOption "SGLang";
       settings = mkOption {
         type = ilib.flagSettingsType;
         default = { };
@@ -80,7 +81,7 @@ let
           "--model-path"
           m.repo
           "--host"
-          inst.host
+          (ilib.bindHost inst)
           "--port"
           inst.port
         ]
@@ -130,7 +131,9 @@ in
         label = "SGLang";
         layouts = [ "hf" "dual" ];
         inherit (cfg) instances;
-        inherit models unitName mkService;
+        inherit pkgs models unitName mkService;
+        # 503 until its warmup request has run; then it generates one token.
+        healthPath = "/health_generate";
       })
       {
         assertions =

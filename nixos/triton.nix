@@ -36,6 +36,58 @@ let
       (builtins.toJSON m.overrides)
     ]) served
   );
+
+  service = {
+    description = "Triton Inference Server (${lib.concatStringsSep ", " (lib.attrNames served)})";
+    wantedBy = [ "multi-user.target" ];
+    after = [ "network.target" ];
+    unitConfig = ilib.startLimit // {
+      ConditionPathExists = lib.mapAttrsToList (
+        name: _: ilib.tritonConfig top.root name models.${name}
+      ) served;
+    };
+    environment = ilib.offlineHubEnv "${runDir}/hub" cacheDir // ilib.gpuEnv cfg.gpus;
+    # the C compiler of the kernels compiled at run time (see lib.nix, hfService)
+    path = [ pkgs.stdenv.cc ];
+    serviceConfig =
+      ilib.hardening {
+        user = "inference";
+        root = top.root;
+        jit = true;
+      }
+      // {
+        RuntimeDirectory = "triton";
+        CacheDirectory = "inference/triton";
+        ExecStartPre = ilib.execLine ([ (lib.getExe' assemble "triton-assemble") runDir ] ++ assembleArgs);
+        ExecStart = ilib.execLine (
+          [
+            (lib.getExe' cfg.package "tritonserver")
+            "--model-repository=${runDir}/models"
+            "--http-address=${ilib.bindHost cfg}"
+            "--http-port=${toString cfg.httpPort}"
+            "--grpc-address=${ilib.bindHost cfg}"
+            "--grpc-port=${toString cfg.grpcPort}"
+            "--metrics-port=${toString cfg.metricsPort}"
+          ]
+          ++ cfg.extraArgs
+        );
+        TimeoutStartSec = "15min";
+      };
+  };
+
+  # The ports served on demand, each a socket unit (triton.socket, triton-grpc.socket).
+  listeners = [
+    {
+      name = "";
+      inherit (cfg) host;
+      port = cfg.httpPort;
+    }
+    {
+      name = "grpc";
+      inherit (cfg) host;
+      port = cfg.grpcPort;
+    }
+  ];
 in
 {
   options.services.inference.triton = {
@@ -101,6 +153,9 @@ in
       description = "Open the three ports in the firewall.";
     };
     gpus = ilib.gpusOption "Triton";
+    # On demand, the HTTP and gRPC ports are sockets; the metrics port is not served (a scrape
+    # would start the server and keep it loaded).
+    onDemand = ilib.onDemandOption "Triton";
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -151,42 +206,16 @@ in
         ) cfg.models
       );
 
-    systemd.services.triton = {
-      description = "Triton Inference Server (${lib.concatStringsSep ", " (lib.attrNames served)})";
-      wantedBy = [ "multi-user.target" ];
-      after = [ "network.target" ];
-      unitConfig = ilib.startLimit // {
-        ConditionPathExists = lib.mapAttrsToList (
-          name: _: ilib.tritonConfig top.root name models.${name}
-        ) served;
+    systemd = ilib.onDemandUnits {
+      inherit pkgs;
+      inherit (cfg) onDemand gpus;
+      unit = "triton";
+      inherit service listeners;
+      # 200 once every model is loaded.
+      health = {
+        port = cfg.httpPort;
+        path = "/v2/health/ready";
       };
-      environment = ilib.offlineHubEnv "${runDir}/hub" cacheDir // ilib.gpuEnv cfg.gpus;
-      # the C compiler of the kernels compiled at run time (see lib.nix, hfService)
-      path = [ pkgs.stdenv.cc ];
-      serviceConfig =
-        ilib.hardening {
-          user = "inference";
-          root = top.root;
-          jit = true;
-        }
-        // {
-          RuntimeDirectory = "triton";
-          CacheDirectory = "inference/triton";
-          ExecStartPre = ilib.execLine ([ (lib.getExe' assemble "triton-assemble") runDir ] ++ assembleArgs);
-          ExecStart = ilib.execLine (
-            [
-              (lib.getExe' cfg.package "tritonserver")
-              "--model-repository=${runDir}/models"
-              "--http-address=${cfg.host}"
-              "--http-port=${toString cfg.httpPort}"
-              "--grpc-address=${cfg.host}"
-              "--grpc-port=${toString cfg.grpcPort}"
-              "--metrics-port=${toString cfg.metricsPort}"
-            ]
-            ++ cfg.extraArgs
-          );
-          TimeoutStartSec = "15min";
-        };
     };
 
     services.inference.runtimeUnits."triton.service" = {
@@ -199,6 +228,7 @@ in
         cfg.grpcPort
         cfg.metricsPort
       ];
+      onDemand = ilib.onDemandRecord "triton" cfg.onDemand listeners;
     };
 
     networking.firewall.allowedTCPPorts = lib.optionals cfg.openFirewall [

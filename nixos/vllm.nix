@@ -30,6 +30,7 @@ let
         description = "vLLM package of this instance.";
       };
       gpus = ilib.gpusOption "vLLM";
+      onDemand = ilib.onDemandOption "vLLM";
       settings = mkOption {
         type = ilib.flagSettingsType;
         default = { };
@@ -74,7 +75,7 @@ let
         "serve"
         m.repo
         "--host"
-        inst.host
+        (ilib.bindHost inst)
         "--port"
         inst.port
       ]
@@ -112,7 +113,9 @@ in
         label = "vLLM";
         layouts = [ "dual" "hf" ];
         inherit (cfg) instances;
-        inherit models unitName mkService;
+        inherit pkgs models unitName mkService;
+        # 200 once the engine is up (its start runs the model: memory profiling, graph capture).
+        healthPath = "/health";
       })
       {
         assertions = lib.concatMap (c: c.assertions) checks;

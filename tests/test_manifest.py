@@ -11,7 +11,7 @@ import pytest
 
 from model_pull.datamodel import Layout, Runtime
 from model_pull.errors import ExitCode, ModelPullError
-from model_pull.manifest import Manifest
+from model_pull.manifest import Manifest, OnDemand
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 DOCUMENTED = {
@@ -100,6 +100,23 @@ def test_optional_keys_default_and_env_names_the_file(
     assert (m.caches.urls, m.caches.trusted_public_keys, m.caches.stalled_timeout) == ((), (), 60)
 
 
+def test_a_unit_on_demand_carries_its_idle_timeout_and_sockets(tmp_path: Path):
+    data: dict[str, Any] = copy.deepcopy(DOCUMENTED)
+    unit = data["units"]["llama-server-main.service"]
+    unit["onDemand"] = {"idleTimeout": 900, "sockets": ["llama-server-main.socket"]}
+    on_demand = Manifest.load(write(tmp_path, data)).units["llama-server-main.service"].on_demand
+    assert on_demand == OnDemand(idle_timeout=900, sockets=("llama-server-main.socket",))
+    # absent or null: always on (a manifest written before on-demand serving reads the same)
+    unit["onDemand"] = None
+    loaded = Manifest.load(write(tmp_path, data))
+    assert loaded.units["llama-server-main.service"].on_demand is None
+    loaded = Manifest.load(write(tmp_path, DOCUMENTED))
+    assert loaded.units["llama-server-main.service"].on_demand is None
+
+
+ON_DEMAND = ("units", "llama-server-main.service", "onDemand")
+
+
 def mutate(path: str | tuple[str, ...], value: object) -> dict[str, Any]:
     data = copy.deepcopy(DOCUMENTED)
     *parents, last = path.split(".") if isinstance(path, str) else path
@@ -132,6 +149,20 @@ def mutate(path: str | tuple[str, ...], value: object) -> dict[str, Any]:
             "runtime is 'tgi'",
         ),
         ([1, 2], "the top level must be an object"),
+        (mutate(ON_DEMAND, {"sockets": ["x.socket"]}), "onDemand.idleTimeout is missing"),
+        (
+            mutate(ON_DEMAND, {"idleTimeout": 0, "sockets": ["x.socket"]}),
+            "onDemand.idleTimeout must be a positive number of seconds",
+        ),
+        (
+            mutate(ON_DEMAND, {"idleTimeout": 60, "sockets": []}),
+            "onDemand.sockets must name at least one .socket unit",
+        ),
+        (
+            mutate(ON_DEMAND, {"idleTimeout": 60, "sockets": ["x.service"]}),
+            "onDemand.sockets must name at least one .socket unit",
+        ),
+        (mutate(ON_DEMAND, "yes"), "onDemand must be an object or null"),
         (mutate("caches.urls", "http://a"), "caches.urls must be a list"),
         (mutate("caches.stalledTimeout", 0), "caches.stalledTimeout must be at least 1"),
         (mutate("caches", ["http://a"]), "caches must be an object"),

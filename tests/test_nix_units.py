@@ -60,6 +60,7 @@ def all_units() -> list[tuple[str, str]]:
 def stub_binaries(text: str, where: Path) -> dict[str, str]:
     """Map every store path of the unit to a directory whose bin/* are /bin/true."""
     subs = {}
+    where.mkdir(parents=True, exist_ok=True)
     for i, path in enumerate(sorted(render_units.store_paths(text))):
         target = where / f"pkg{i}"
         for program in re.findall(re.escape(path) + r"/bin/([A-Za-z0-9._-]+)", text):
@@ -75,7 +76,7 @@ def stub_binaries(text: str, where: Path) -> dict[str, str]:
 
 def write_unit(host: str, unit: str, where: Path) -> Path:
     text = render_units.render(host, unit)
-    rendered = render_units.render(host, unit, stub_binaries(text, where))
+    rendered = render_units.render(host, unit, stub_binaries(text, where / f"{unit}.stubs"))
     path = where / unit
     path.write_text(rendered)
     return path
@@ -87,6 +88,11 @@ def test_every_host_has_runtime_units() -> None:
 
 @pytest.mark.parametrize(("host", "unit"), all_units())
 def test_systemd_accepts_the_unit(host: str, unit: str, tmp_path: Path) -> None:
+    # Every unit of the host beside it: systemd-analyze loads the units it refers to (a
+    # socket's service) from the same directory.
+    for other in GOLDEN["hosts"][host]["units"]:
+        if other != unit:
+            write_unit(host, other, tmp_path)
     path = write_unit(host, unit, tmp_path)
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(path)],

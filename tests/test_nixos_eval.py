@@ -104,6 +104,7 @@ def test_hosts_evaluate_without_failed_assertions(golden: dict[str, Any]) -> Non
         "l4-box",
         "fleet-puller",
         "fleet-node",
+        "vllm-on-demand",  # a test host: tests/nix/vllm-on-demand.nix
     }
     for host, data in golden["hosts"].items():
         assert data["assertions"] == [], host
@@ -115,24 +116,27 @@ def test_rtx5090_llama_server_follows_its_declaration(golden: dict[str, Any]) ->
     main = "/var/lib/inference/models/qwopus-27b/share/models/gguf/Qwopus3.6-27B-v1-preview-Q4_K_M.gguf"
     draft = "/var/lib/inference/models/qwen3-1_7b-draft/share/models/gguf/Qwen3-1.7B-Q4_K_M.gguf"
     assert unit["unitConfig"]["ConditionPathExists"] == [main, draft]
-    assert unit["wantedBy"] == ["multi-user.target"]
+    # on demand: started by its socket, not at boot
+    assert unit["wantedBy"] == []
+    assert host["units"]["llama-server-main.socket"]["unitConfig"]["ConditionPathExists"] == [
+        main,
+        draft,
+    ]
     sc = unit["serviceConfig"]
     assert (sc["User"], sc["Group"], sc["MemoryDenyWriteExecute"]) == (
         "inference",
         "inference",
         True,
     )
-    assert sc["Restart"] == "on-failure"
     assert unit["unitConfig"]["StartLimitBurst"] == 5
     exec_start = sc["ExecStart"]
     llama = golden["packages"]["llama-cpp"]
-    assert exec_start.startswith(f'"{llama}/bin/llama-server" "-m" "{main}"')
+    assert f'"{llama}/bin/llama-server" "-m" "{main}"' in exec_start
     for flags in (
         '"-c" "262144"',
         '"-ctk" "q4_0" "-ctv" "q4_0"',
         '"-fa" "on"',
         '"-np" "1"',
-        '"--metrics"',
         f'"-md" "{draft}" "-ngld" "99"',
         '"--port" "11435"',
         '"--host" "127.0.0.1"',
@@ -144,6 +148,7 @@ def test_rtx5090_llama_server_follows_its_declaration(golden: dict[str, Any]) ->
         "runtime": "llama-server",
         "models": ["qwopus-27b", "qwen3-1_7b-draft"],
         "cudaCapabilities": ["12.0"],
+        "onDemand": {"idleTimeout": 900, "sockets": ["llama-server-main.socket"]},
     }
     assert manifest["models"]["qwopus-27b"]["units"] == ["llama-server-main.service"]
     assert host["firewall"] == []
@@ -459,6 +464,7 @@ def test_the_stubs_have_only_packages_nixpkgs_has(tmp_path: Path) -> None:
         "writeShellScriptBin",
         "writeShellApplication",
         "formats",
+        "util-linux",
     }
     assert names["python"] == ["callPackage", "toPythonApplication", "torch"]
 

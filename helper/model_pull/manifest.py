@@ -1,9 +1,10 @@
 """Reads /etc/inference/models.json, the manifest the NixOS modules write (docs/ARCHITECTURE.md).
 
 Exact to the documented format (version 1): required keys must be there with the right types,
-optional ones get their documented defaults, names that refer to each other must exist. Keys
-this version does not know are ignored, so a newer module can add fields without breaking an
-older helper. Anything else is one BAD_MANIFEST error naming the file and the key.
+optional ones get their documented defaults (a unit without `onDemand` is always on), names
+that refer to each other must exist. Keys this version does not know are ignored, so a newer
+module can add fields without breaking an older helper. Anything else is one BAD_MANIFEST
+error naming the file and the key.
 """
 
 from __future__ import annotations
@@ -58,11 +59,20 @@ class DeclaredModel:
 
 
 @dataclass(frozen=True)
+class OnDemand:
+    """A unit served on demand: started through its sockets, stopped after idle_timeout."""
+
+    idle_timeout: int  # seconds without an open connection
+    sockets: tuple[str, ...]  # the socket units on its public ports
+
+
+@dataclass(frozen=True)
 class DeclaredUnit:
     name: str
     runtime: Runtime
     models: tuple[str, ...]
     cuda_capabilities: tuple[str, ...]
+    on_demand: OnDemand | None = None  # None: always on (started at boot)
 
 
 @dataclass(frozen=True)
@@ -294,7 +304,21 @@ class _Reader:
             runtime=self.choice(spec, "runtime", where, Runtime),
             models=self.strings(spec, "models", where),
             cuda_capabilities=self.strings(spec, "cudaCapabilities", where),
+            on_demand=self.on_demand(spec, where),
         )
+
+    def on_demand(self, spec: Mapping[str, Any], where: str) -> OnDemand | None:
+        raw = self.get(spec, "onDemand", where, dict, default=None, nullable=True)
+        if raw is None:
+            return None
+        where = f"{where}.onDemand"
+        idle = self.get(raw, "idleTimeout", where, int)
+        if idle <= 0:
+            raise self.fail(f"{where}.idleTimeout", "must be a positive number of seconds")
+        sockets = self.strings(raw, "sockets", where)
+        if not sockets or not all(s.endswith(".socket") for s in sockets):
+            raise self.fail(f"{where}.sockets", "must name at least one .socket unit")
+        return OnDemand(idle_timeout=idle, sockets=sockets)
 
 
 def _shown(name: str) -> str:

@@ -157,6 +157,12 @@ class CheckJson(TypedDict):
 # --- status (status.Report) ---------------------------------------------------------------
 
 
+class SocketStatusJson(TypedDict):
+    unit: str
+    activeState: str | None
+    subState: str | None
+
+
 class UnitStatusJson(TypedDict):
     unit: str
     activeState: str | None
@@ -167,6 +173,11 @@ class UnitStatusJson(TypedDict):
     mainPID: int | None
     pids: list[int] | None
     gpuBytes: int | None
+    onDemand: bool
+    idleTimeout: int | None  # seconds, for a unit served on demand
+    serving: str | None  # running, starting, idle, stopped, waiting, failed; None: no bus
+    since: str | None  # when it entered that state (ISO 8601, UTC)
+    sockets: list[SocketStatusJson]  # its sockets, for a unit served on demand
 
 
 class ModelStatusJson(TypedDict):

@@ -83,12 +83,22 @@ def status_text(report: status_mod.Report) -> str:
         for u in m.units:
             state = u.state.describe() if u.state else "unknown (no bus)"
             gpu = "" if report.gpu_error else f"  GPU {human_bytes(u.gpu_bytes or 0)}"
-            lines.append(f"  {u.unit}  {state}{gpu}")
+            lines.append(f"  {u.unit}  {state}{gpu}  {serving_text(u)}")
     if not report.models:
         lines.append(f"no models declared in {report.manifest}")
     if report.gpu_error:
         lines.append(f"GPU memory per unit: {report.gpu_error}")
     return "\n".join(lines)
+
+
+def serving_text(u: status_mod.UnitReport) -> str:
+    """'on demand, idle timeout 900 s: idle since 2026-01-02 10:00:00 UTC', 'always on: ...'."""
+    mode = f"on demand, idle timeout {u.on_demand.idle_timeout} s" if u.on_demand else "always on"
+    if u.serving is None:
+        return mode
+    since = u.since
+    when = f" since {since:%Y-%m-%d %H:%M:%S} UTC" if since else ""
+    return f"{mode}: {u.serving}{when}"
 
 
 def human_bytes(n: int) -> str:

@@ -4,6 +4,11 @@ Joins the manifest (declared models and units), the state root (`models/<name>` 
 `by-hash/` gate, the entry's `share/model-pull/manifest.json`, `state/pulls.jsonl`), systemd
 over D-Bus (`systemd.unit_states`) and NVML (`gpu.process_memory`, pid -> bytes), so a user
 sees which units hold how much GPU memory, i.e. what `systemctl stop UNIT` would free.
+
+Each unit is always on or served on demand (the manifest's `onDemand`: its idle timeout and
+sockets), and is `serving` in one word since a time (systemd's StateChangeTimestamp):
+running, starting (loading, or waiting for its GPU), idle (on demand: not running, its
+sockets listening), stopped, waiting (for its model) or failed.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from model_pull import systemd
 from model_pull.binary_cache import store_path
 from model_pull.errors import ExitCode, ModelPullError
-from model_pull.manifest import DeclaredModel, Manifest
+from model_pull.manifest import DeclaredModel, Manifest, OnDemand
 from model_pull.output import ModelStatusJson, StatusJson, UnitStatusJson
 from model_pull.store import StateRoot
 from model_pull.units import UnitState
@@ -35,9 +41,44 @@ class UnitReport:
     unit: str
     state: UnitState | None  # None: systemd could not be asked (see Report.bus_error)
     gpu_bytes: int | None  # GPU memory its processes hold; None: no NVML
+    on_demand: OnDemand | None = None  # None: always on
+    sockets: tuple[UnitState, ...] = ()  # its sockets' states, when served on demand
+
+    @property
+    def serving(self) -> str | None:
+        """running, starting, idle, stopped, waiting or failed; None without a bus."""
+        s = self.state
+        if s is None:
+            return None
+        if s.active_state == "active":
+            return "running"
+        if s.active_state in ("activating", "reloading"):
+            return "starting"
+        if self.on_demand is None:
+            if s.active_state == "failed":
+                return "failed"
+            return "waiting" if s.waiting else "stopped"
+        # on demand: what decides is whether a request would start it
+        if any(sock.active_state == "active" for sock in self.sockets):
+            return "idle"
+        if any(sock.waiting for sock in self.sockets):
+            return "waiting"
+        return (
+            "failed" if any(sock.active_state == "failed" for sock in self.sockets) else "stopped"
+        )
+
+    @property
+    def since(self) -> datetime | None:
+        """When it entered its `serving` state."""
+        s = self.state
+        usec = s.since_usec if s is not None else 0
+        if self.serving in ("waiting", "stopped", "failed") and self.sockets:
+            usec = max(sock.since_usec for sock in self.sockets)  # the sockets decide
+        return datetime.fromtimestamp(usec / 1e6, UTC) if usec else None
 
     def to_json(self) -> UnitStatusJson:
         s = self.state
+        since = self.since
         return {
             "unit": self.unit,
             "activeState": s.active_state if s else None,
@@ -48,6 +89,14 @@ class UnitReport:
             "mainPID": s.main_pid if s else None,
             "pids": list(s.pids) if s else None,
             "gpuBytes": self.gpu_bytes,
+            "onDemand": self.on_demand is not None,
+            "idleTimeout": self.on_demand.idle_timeout if self.on_demand else None,
+            "serving": self.serving,
+            "since": since.isoformat().replace("+00:00", "Z") if since else None,
+            "sockets": [
+                {"unit": k.unit, "activeState": k.active_state, "subState": k.sub_state}
+                for k in self.sockets
+            ],
         }
 
 
@@ -118,11 +167,12 @@ class Report:
 def collect(manifest: Manifest, root: Path, *, gpu_memory: GpuMemory | None = None) -> Report:
     """Everything `status` shows. D-Bus and NVML failures are recorded, not raised."""
     all_units = list(dict.fromkeys(u for m in manifest.models.values() for u in m.units))
+    sockets = {u: _sockets(manifest, u) for u in all_units}
     states: dict[str, UnitState] = {}
     bus_error = None
     if all_units:
         try:
-            states = systemd.unit_states(all_units)
+            states = systemd.unit_states(all_units + [k for ks in sockets.values() for k in ks])
         except ModelPullError as exc:
             if exc.code is not ExitCode.NO_BUS:
                 raise
@@ -136,6 +186,8 @@ def collect(manifest: Manifest, root: Path, *, gpu_memory: GpuMemory | None = No
                 unit=u,
                 state=states.get(u),
                 gpu_bytes=_unit_gpu_bytes(states.get(u), memory),
+                on_demand=_on_demand(manifest, u),
+                sockets=tuple(states[k] for k in sockets[u] if k in states),
             )
             for u in model.units
         )
@@ -172,6 +224,16 @@ def _model_report(
         caches=caches,
         substitute_path=_substitute_path(model) if caches else None,
     )
+
+
+def _on_demand(manifest: Manifest, unit: str) -> OnDemand | None:
+    declared = manifest.units.get(unit)
+    return declared.on_demand if declared is not None else None
+
+
+def _sockets(manifest: Manifest, unit: str) -> tuple[str, ...]:
+    on_demand = _on_demand(manifest, unit)
+    return on_demand.sockets if on_demand is not None else ()
 
 
 def _substitute_path(model: DeclaredModel) -> str | None:

@@ -1,7 +1,8 @@
 """`model-pull` with no arguments: make the state root match the NixOS manifest.
 
 Pulls every declared model that is missing or differs from its declaration (revision, files,
-layout, pin), then restarts the units waiting for the models that changed, over D-Bus. A model
+layout, pin), then restarts the units waiting for the models that changed, over D-Bus (for a
+unit served on demand: starts its sockets, and restarts it only if it runs). A model
 that is already there costs no network and no hashing, so a no-op run is fast. One model's
 failure does not stop the others: each is reported once, through `on_error`, and the first one
 decides the exit code.
@@ -21,7 +22,7 @@ from model_pull.errors import ExitCode, ModelPullError
 from model_pull.manifest import DeclaredModel, Manifest
 from model_pull.progress import Progress
 from model_pull.store import StateRoot
-from model_pull.systemd import restart_waiting_units
+from model_pull.systemd import restart_waiting_units, start_on_demand
 from model_pull.units import UnitOutcome
 
 logger = logging.getLogger(__name__)
@@ -114,8 +115,15 @@ def sync(
         say(f"{name}: {state_word}")
     units = result.units_to_restart(manifest)
     if restart and units:
+        # a unit served on demand: its sockets are started, its first request starts it
+        on_demand = {
+            u: d.on_demand.sockets
+            for u in units
+            if (d := manifest.units.get(u)) is not None and d.on_demand is not None
+        }
         try:
-            result.restarted = list(restart_waiting_units(units))
+            result.restarted = list(restart_waiting_units([u for u in units if u not in on_demand]))
+            result.restarted += start_on_demand(on_demand)
         except ModelPullError as exc:
             if exc.code is ExitCode.NO_BUS:
                 exc = ModelPullError(

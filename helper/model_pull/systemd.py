@@ -8,7 +8,9 @@ connection and closes it, so changing the variable between calls takes effect. W
 cannot be used, the error (NO_BUS) says what is missing: PyGObject, GLib's
 GObject-introspection data (typelibs), pydbus, the bus socket, or the permission.
 
-Which units are restarted is units.py's policy. All restart jobs are queued at once
+Which units are restarted is units.py's policy; for a unit served on demand
+(`start_on_demand`) that is its sockets, and the unit only if it runs, after its failed state
+and start limit are cleared. All restart jobs are queued at once
 (JobRemoved is connected before the first RestartUnit), then one GLib main loop runs until
 every job is removed or `timeout` passes. A unit whose job finished with the unit active is then
 watched for `settle` seconds (PropertiesChanged): a server that exits right after its start (a
@@ -23,14 +25,14 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.journal import journal_tail
-from model_pull.units import UnitOutcome, UnitState, outcome_of, skip_reason
+from model_pull.units import UnitOutcome, UnitState, on_demand_jobs, outcome_of, skip_reason
 
 logger = logging.getLogger(__name__)
 
@@ -69,32 +71,30 @@ def restart_waiting_units(
     names = list(dict.fromkeys(units))
     if not names:
         return []  # nothing waits: no need for a bus (a pull without units must not fail)
-    outcomes: dict[str, UnitOutcome] = {}
     with _connect() as sd:
-        todo: dict[str, str] = {}  # unit -> object path
-        for unit in names:
-            path = sd.load_unit(unit)
-            state = UnitState.from_properties(unit, sd.get_all(path))
-            reason = skip_reason(state)
-            if reason is None:
-                todo[unit] = path
-            else:
-                logger.info("%s: left alone (%s)", unit, reason)
-                outcomes[unit] = outcome_of(state, skipped_reason=reason, job_result=None)
-        since = time.time()
-        jobs, refusals = sd.restart(list(todo), timeout=timeout) if todo else ({}, {})
-        started = [todo[u] for u, res in jobs.items() if res == "done"]
-        if started and settle > 0:
-            sd.settle(started, seconds=settle)
-        for unit, path in todo.items():
-            state = UnitState.from_properties(unit, sd.get_all(path))
-            outcome = outcome_of(state, skipped_reason=None, job_result=jobs.get(unit))
-            if outcome.failed:
-                lines = refusals.get(unit, ()) + journal_tail(unit, sd.address, since=since)
-                outcome = replace(outcome, journal=lines)
-            logger.info("%s: %s", unit, outcome.describe())
-            outcomes[unit] = outcome
-    return [outcomes[u] for u in names]
+        return _run_jobs(
+            sd, [(unit, "RestartUnit") for unit in names], timeout=timeout, settle=settle
+        )
+
+
+def start_on_demand(
+    units: Mapping[str, Sequence[str]], *, timeout: float = 60, settle: float = 2.0
+) -> list[UnitOutcome]:
+    """For each on-demand unit (unit -> its socket units) whose model changed: clear its failed
+    state and start limit, restart it if it runs, start its sockets (units.on_demand_jobs).
+
+    The outcomes are those of the sockets (listening, or still waiting for the model) and of
+    each unit that was restarted. Raises like `restart_waiting_units`.
+    """
+    if not units:
+        return []
+    with _connect() as sd:
+        jobs: list[tuple[str, str]] = []
+        for unit, sockets in units.items():
+            state = UnitState.from_properties(unit, sd.get_all(sd.load_unit(unit)))
+            sd.reset_failed(unit)  # a new entry is a new chance: the start limit starts over
+            jobs += on_demand_jobs(state, sockets)
+        return _run_jobs(sd, jobs, timeout=timeout, settle=settle)
 
 
 def unit_states(units: Sequence[str]) -> dict[str, UnitState]:
@@ -114,6 +114,40 @@ def unit_states(units: Sequence[str]) -> dict[str, UnitState]:
 
 
 # ---------------------------------------------------------------------------- internals
+
+
+def _run_jobs(
+    sd: _Systemd, ops: Sequence[tuple[str, str]], *, timeout: float, settle: float
+) -> list[UnitOutcome]:
+    """Queue each (unit, job method) that units.skip_reason lets through, wait for the jobs,
+    let the started units settle, and read every unit's outcome (in the order of `ops`)."""
+    outcomes: dict[str, UnitOutcome] = {}
+    todo: dict[str, str] = {}  # unit -> object path
+    methods: dict[str, str] = {}
+    for unit, method in ops:
+        path = sd.load_unit(unit)
+        state = UnitState.from_properties(unit, sd.get_all(path))
+        reason = skip_reason(state)
+        if reason is None:
+            todo[unit] = path
+            methods[unit] = method
+        else:
+            logger.info("%s: left alone (%s)", unit, reason)
+            outcomes[unit] = outcome_of(state, skipped_reason=reason, job_result=None)
+    since = time.time()
+    jobs, refusals = sd.run_jobs(methods, timeout=timeout) if todo else ({}, {})
+    started = [todo[u] for u, res in jobs.items() if res == "done"]
+    if started and settle > 0:
+        sd.settle(started, seconds=settle)
+    for unit, path in todo.items():
+        state = UnitState.from_properties(unit, sd.get_all(path))
+        outcome = outcome_of(state, skipped_reason=None, job_result=jobs.get(unit))
+        if outcome.failed:
+            lines = refusals.get(unit, ()) + journal_tail(unit, sd.address, since=since)
+            outcome = replace(outcome, journal=lines)
+        logger.info("%s: %s", unit, outcome.describe())
+        outcomes[unit] = outcome
+    return [outcomes[u] for u in dict.fromkeys(u for u, _method in ops)]
 
 
 class _Systemd:
@@ -155,25 +189,30 @@ class _Systemd:
             return ()
         return tuple(int(pid) for _cgroup, pid, _cmdline in procs)
 
-    def restart_unit(self, unit: str) -> str:
-        """Queue a restart job (starts the unit when it is not running); its job path.
-
-        A new entry is a new chance: ResetFailedUnit first clears a failed state and the start
-        rate counter (StartLimitBurst counts restarts by earlier pulls and by hand too), so the
-        unit is not refused with start-limit-hit for what happened to the old entry.
-        """
+    def reset_failed(self, unit: str) -> None:
+        """ResetFailedUnit: clear a failed state and the start rate counter."""
         try:
             _call(lambda: self.manager.ResetFailedUnit(unit))
         except ModelPullError as exc:
             if exc.code is ExitCode.NO_BUS:
                 raise
             logger.debug("ResetFailedUnit(%s): %s", unit, exc.message)
-        return str(_call(lambda: self.manager.RestartUnit(unit, "replace")))
 
-    def restart(
-        self, units: Sequence[str], *, timeout: float
+    def restart_unit(self, unit: str, method: str = "RestartUnit") -> str:
+        """Queue a restart job (starts the unit when it is not running), or the job of
+        `method` ("StartUnit"); its job path.
+
+        A new entry is a new chance: ResetFailedUnit first clears a failed state and the start
+        rate counter (StartLimitBurst counts restarts by earlier pulls and by hand too), so the
+        unit is not refused with start-limit-hit for what happened to the old entry.
+        """
+        self.reset_failed(unit)
+        return str(_call(lambda: getattr(self.manager, method)(unit, "replace")))
+
+    def run_jobs(
+        self, methods: Mapping[str, str], *, timeout: float
     ) -> tuple[dict[str, str | None], dict[str, tuple[str, ...]]]:
-        """RestartUnit(unit, "replace") for each, then wait for their JobRemoved.
+        """METHOD(unit, "replace") for each unit -> METHOD, then wait for their JobRemoved.
 
         Returns unit -> job result (None: not finished within timeout; "refused": systemd
         answered the call with an error) and unit -> the refusal's message.
@@ -190,10 +229,10 @@ class _Systemd:
 
             sub = self.manager.JobRemoved.connect(on_removed)  # BEFORE the first RestartUnit
             try:
-                for unit in units:
-                    logger.debug("RestartUnit(%s, replace)", unit)
+                for unit, method in methods.items():
+                    logger.debug("%s(%s, replace)", method, unit)
                     try:
-                        jobs[unit] = self.restart_unit(unit)
+                        jobs[unit] = self.restart_unit(unit, method)
                     except ModelPullError as exc:
                         if exc.code is ExitCode.NO_BUS:
                             raise

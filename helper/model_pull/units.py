@@ -11,6 +11,10 @@ Which units are restarted (`skip_reason`):
   `masked` ones must not start, and a unit systemd cannot find or load is reported as such.
   Starting those would run a server that nobody asked to run.
 
+A unit served on demand (`on_demand_jobs`) is not started: its sockets are (each unless
+`skip_reason` says otherwise), so that the next request starts it on the new entry; it is
+restarted only when it runs (it serves the old entry).
+
 `UnitState` is a unit as systemd's properties describe it (systemd.py reads them over D-Bus);
 `UnitOutcome` what a restart did to it; `raise_for_failed` turns outcomes into the one error.
 """
@@ -49,6 +53,7 @@ class UnitState:
     exec_main_status: int
     main_pid: int
     pids: tuple[int, ...] = ()  # every process in the unit's cgroup (unit_states only)
+    since_usec: int = 0  # StateChangeTimestamp: when it entered its state (µs of the epoch)
 
     @classmethod
     def from_properties(cls, unit: str, props: Mapping[str, Any]) -> UnitState:
@@ -63,6 +68,7 @@ class UnitState:
             result=str(props.get("Result", "")),
             exec_main_status=int(props.get("ExecMainStatus", 0)),
             main_pid=int(props.get("MainPID", 0)),
+            since_usec=int(props.get("StateChangeTimestamp", 0)),
         )
 
     @property
@@ -178,6 +184,13 @@ def skip_reason(state: UnitState) -> str | None:
     if state.running or state.unit_file_state in ENABLED_FILE_STATES:
         return None
     return f"{state.unit_file_state or 'not enabled'} and not running"
+
+
+def on_demand_jobs(state: UnitState, sockets: Sequence[str]) -> list[tuple[str, str]]:
+    """The jobs (unit, D-Bus method) a new entry gives an on-demand unit: RestartUnit on the
+    unit if it runs, StartUnit on each of its sockets (a no-op for one that listens)."""
+    jobs = [(state.unit, "RestartUnit")] if state.running else []
+    return jobs + [(socket, "StartUnit") for socket in sockets]
 
 
 def failed_conditions(raw: Any) -> tuple[str, ...]:

@@ -15,22 +15,37 @@ let
       manifest = config.environment.etc."inference/models.json" or null;
     in
     {
-      units = lib.mapAttrs' (
-        name: s:
-        lib.nameValuePair "${name}.service" {
-          inherit (s)
-            description
-            unitConfig
-            serviceConfig
-            environment
-            wantedBy
-            after
-            wants
-            requires
-            conflicts
-            ;
-        }
-      ) (lib.filterAttrs (_: s: s.enable) config.systemd.services);
+      units =
+        lib.mapAttrs' (
+          name: s:
+          lib.nameValuePair "${name}.service" {
+            inherit (s)
+              description
+              unitConfig
+              serviceConfig
+              environment
+              wantedBy
+              after
+              wants
+              requires
+              conflicts
+              partOf
+              ;
+          }
+        ) (lib.filterAttrs (_: s: s.enable) config.systemd.services)
+        // lib.mapAttrs' (
+          name: s:
+          lib.nameValuePair "${name}.socket" {
+            inherit (s)
+              description
+              unitConfig
+              socketConfig
+              listenStreams
+              wantedBy
+              partOf
+              ;
+          }
+        ) (lib.filterAttrs (_: s: s.enable) config.systemd.sockets);
       manifest = if manifest == null then null else builtins.fromJSON manifest.source.text;
       assertions = map (a: a.message) failed;
       inherit (config) warnings;
@@ -69,7 +84,14 @@ let
         (../../hosts + "/${file}")
       ])
     )
-  ) hostFiles;
+  ) hostFiles
+  # A test host (not an example machine; see the file).
+  // {
+    vllm-on-demand = summarise (evalWith [
+      ../../nixos
+      ./vllm-on-demand.nix
+    ]);
+  };
 
   # The flake's nixosModules, with nixpkgs' lib only (its other outputs need nixpkgs).
   flake = (import ../../flake.nix).outputs {
@@ -112,6 +134,7 @@ let
       gnugrep
       gnused
       systemd
+      util-linux
       jq
       nix
       ;

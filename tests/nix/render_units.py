@@ -2,11 +2,13 @@
 
 The evaluated units (tests/nix/eval.nix, committed as tests/nix/golden.json) hold what a NixOS
 module sets: unitConfig, serviceConfig, environment, wantedBy, after, wants, requires,
-conflicts. NixOS turns them into a unit file (nixos/lib/systemd-lib.nix, `attrsToSection`,
-`serviceToUnit`): list values become one line each, booleans `true`/`false`, the dependency
-lists one space-separated line, each environment variable one `Environment="K=V"` line quoted
-as JSON. NixOS installs WantedBy= as symlinks; here it is an [Install] section, which
-systemd-analyze reads the same way.
+conflicts, partOf; for a socket (a key ending in `.socket`) socketConfig and listenStreams.
+NixOS turns them into a unit file (nixos/lib/systemd-lib.nix, `attrsToSection`,
+`serviceToUnit`, `socketToUnit`): list values become one line each, booleans `true`/`false`,
+the dependency lists one space-separated line, each environment variable one
+`Environment="K=V"` line quoted as JSON, each listenStreams entry one `ListenStream=` line
+before the socketConfig. NixOS installs WantedBy= as symlinks; here it is an [Install]
+section, which systemd-analyze reads the same way.
 
     render(host, unit, substitutions)   # text of `unit` on `host` from the golden file
     render_unit(data, substitutions)    # text of one evaluated unit (a dict from eval.nix)
@@ -33,6 +35,7 @@ _DEPENDENCIES = (
     ("Wants", "wants"),
     ("Requires", "requires"),
     ("Conflicts", "conflicts"),
+    ("PartOf", "partOf"),
 )
 
 
@@ -66,11 +69,15 @@ def render_unit(data: Mapping[str, Any], substitutions: Mapping[str, str] | None
             unit.append(f"{key}={' '.join(data[attr])}")
     unit += _section(data.get("unitConfig", {}))
 
-    service = ["[Service]"]
-    for name, value in data.get("environment", {}).items():
-        if value is not None:
-            service.append(f"Environment={json.dumps(f'{name}={value}')}")
-    service += _section(data.get("serviceConfig", {}))
+    if "socketConfig" in data or "listenStreams" in data:
+        service = ["[Socket]", *(f"ListenStream={s}" for s in data.get("listenStreams", []))]
+        service += _section(data.get("socketConfig", {}))
+    else:
+        service = ["[Service]"]
+        for name, value in data.get("environment", {}).items():
+            if value is not None:
+                service.append(f"Environment={json.dumps(f'{name}={value}')}")
+        service += _section(data.get("serviceConfig", {}))
 
     install = ["[Install]", *(f"WantedBy={t}" for t in data.get("wantedBy", []))]
     text = "\n".join([*unit, "", *service, "", *install]) + "\n"
@@ -85,7 +92,8 @@ def render(
     substitutions: Mapping[str, str] | None = None,
     golden: Path = GOLDEN,
 ) -> str:
-    """The unit file `unit` (e.g. "llama-server-main.service") of hosts/<host>.nix."""
+    """The unit file `unit` (e.g. "llama-server-main.service", "llama-server-main.socket") of
+    hosts/<host>.nix."""
     hosts = load_golden(golden)["hosts"]
     if host not in hosts:
         raise KeyError(f"no host {host!r} in {golden} (have: {', '.join(sorted(hosts))})")

@@ -126,6 +126,8 @@ let
         systemd = pkg "systemd";
         stdenv.cc = pkg "gcc-wrapper";
         jq = pkg "jq";
+        # bin/flock
+        util-linux = pkg "util-linux";
         nix = pkg "nix";
         python3Packages = {
           # The Python package set's callPackage, without calling: a fake derivation named
@@ -272,6 +274,44 @@ let
       };
     };
 
+  # nixos/lib/systemd-unit-options.nix (socketOptions), as nixos/lib/systemd-lib.nix writes them.
+  socketModule = {
+    options = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+      };
+      description = mkOption {
+        type = types.str;
+        default = "";
+      };
+      wantedBy = listOfUnits;
+      requiredBy = listOfUnits;
+      after = listOfUnits;
+      before = listOfUnits;
+      wants = listOfUnits;
+      requires = listOfUnits;
+      partOf = listOfUnits;
+      conflicts = listOfUnits;
+      listenStreams = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      listenDatagrams = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      unitConfig = mkOption {
+        type = types.attrsOf unitOption;
+        default = { };
+      };
+      socketConfig = mkOption {
+        type = types.attrsOf unitOption;
+        default = { };
+      };
+    };
+  };
+
   # readOnlyNixpkgs: as in a NixOS test's node (nixos/lib/testing/nodes.nix imports
   # nixos/modules/misc/nixpkgs/read-only.nix): pkgs is given, and a module that sets
   # nixpkgs.config or nixpkgs.overlays fails ("... is set to read-only").
@@ -367,6 +407,10 @@ let
         };
         systemd.services = mkOption {
           type = types.attrsOf (types.submodule (serviceModule pkgs));
+          default = { };
+        };
+        systemd.sockets = mkOption {
+          type = types.attrsOf (types.submodule socketModule);
           default = { };
         };
         system.stateVersion = mkOption {

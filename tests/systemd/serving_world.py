@@ -9,9 +9,12 @@ What it sets up, as the NixOS modules would:
 - the state root /var/lib/inference (tmpfiles `d /var/lib/inference 0755 root root`), bound
   read-write from `base/state` so the test can look at it from the host;
 - /etc/inference/models.json: the host's manifest from golden.json, unchanged;
-- the host's units rendered from golden.json, installed and enabled. The runtime package of each
-  (a /nix/store path in the unit) is a directory bound at that very store path, so the unit
-  file is what NixOS writes, byte for byte, except the substitutions listed in `overrides`.
+- the host's units (services and sockets) rendered from golden.json, installed and enabled. The
+  runtime package of each (a /nix/store path in the unit) is a directory bound at that very
+  store path, so the unit file is what NixOS writes, byte for byte, except the substitutions
+  listed in `overrides`; the system tools the units use (systemd, util-linux, the on-demand
+  script) are this machine's, bound the same way (`system_tools`);
+- the host's systemd.tmpfiles.rules, applied with systemd-tmpfiles.
 
 The models come from a loopback Hub (model_pull.devhub) serving `base/hub`, run inside the
 container as `devhub.service`: the repos of the host's manifest, with tiny models under the
@@ -47,7 +50,7 @@ from loopback_hub import TestHub as DevHub  # the package's DevHub, with fault i
 from real_runtimes import sglang_path, vllm_venv
 
 sys.path.insert(0, str(PROJECT / "tests" / "nix"))
-from render_units import load_golden, render
+from render_units import load_golden, render, store_paths
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +79,12 @@ SGLANG_DIR = f"{PROBE_ROOT}/sglang"
 CPU_TOOLS_DIR = f"{PROBE_ROOT}/cpu-tools"
 
 # The programs of the packages NixOS puts on a unit's PATH (golden["packages"] names), from
-# this machine's Debian packages of the same content.
+# this machine's Debian packages of the same content; systemd is also on it (systemd_package).
 PATH_PACKAGES = {
     "coreutils": "coreutils",
     "findutils": "findutils",
     "gnugrep": "grep",
     "gnused": "sed",
-    "systemd": "systemd",
     "jq": "jq",
 }
 # stdenv.cc: the compiler drivers and the binutils they run
@@ -244,11 +246,24 @@ def _debian_programs(package: str) -> dict[str, str]:
             and os.access(p, os.X_OK) and not Path(p).is_dir()}
 
 
+def systemd_package(base: Path) -> Path:
+    """systemd as a unit sees it: the programs of bin/ (systemctl, ...) and
+    lib/systemd/systemd-socket-proxyd, which the on-demand proxies run."""
+    pkg = base / "path-systemd"
+    if not pkg.exists():
+        links_package(base, "path-systemd", _debian_programs("systemd"))
+        package_dir(base, "path-systemd", {
+            "lib/systemd/systemd-socket-proxyd": Path("/usr/lib/systemd/systemd-socket-proxyd"),
+        })
+    return pkg
+
+
 def path_packages(base: Path) -> dict[str, Path]:
     """Store path -> host directory, for every package on the units' PATH (golden.json)."""
     packages = load_golden()["packages"]
     out = {packages[name]: links_package(base, f"path-{name}", _debian_programs(debian))
            for name, debian in PATH_PACKAGES.items()}
+    out[packages["systemd"]] = systemd_package(base)
     cc = {p: shutil.which(p) for p in CC_PROGRAMS}
     missing = [p for p, target in cc.items() if target is None]
     if missing:
@@ -261,8 +276,9 @@ def shell_application(base: Path, name: str, text: str, runtime_inputs: list[str
     """What nixpkgs' writeShellApplication builds: bin/<name>, a bash script with strict
     options and its runtime inputs (store paths) first on PATH."""
     path = ":".join(f"{p}/bin" for p in runtime_inputs)
-    script = ("#!/bin/bash\nset -o errexit\nset -o nounset\nset -o pipefail\n\n"
-              f'export PATH="{path}:$PATH"\n\n{text}')
+    # writeShellApplication exports PATH only when there are runtime inputs
+    export = f'export PATH="{path}:$PATH"\n\n' if runtime_inputs else ""
+    script = f"#!/bin/bash\nset -o errexit\nset -o nounset\nset -o pipefail\n\n{export}{text}"
     return package_dir(base, name, {f"bin/{name}": script})
 
 
@@ -287,6 +303,25 @@ def probe(runtime: str) -> str:
             f"exec env PYTHONPATH={SGLANG_DIR} "
             f"PROBE_TRITONCLIENT={PROBE_ROOT}/site-packages/tritonclient "
             f"{VLLM_VENV_DIR}/bin/python {PROBE_ROOT}/probe/runtime_probe.py {runtime} \"$@\"\n")
+
+
+def system_tools(base: Path, host: str) -> dict[str, Path]:
+    """The store paths of the host's units that hold system tools, as directories with this
+    machine's copies: systemd (`systemd_package`), util-linux (bin/flock) and the on-demand
+    script (nixos/on-demand.sh as writeShellApplication packages it). Only those the units
+    refer to."""
+    golden = load_golden()
+    used = set().union(*(store_paths(render(host, u)) for u in golden["hosts"][host]["units"]))
+    tools: dict[str, Path] = {}
+    if golden["packages"]["systemd"] in used:
+        tools[golden["packages"]["systemd"]] = systemd_package(base)
+    if golden["packages"]["util-linux"] in used:
+        tools[golden["packages"]["util-linux"]] = package_dir(
+            base, "util-linux", {"bin/flock": Path("/usr/bin/flock")})
+    for path in sorted(p for p in used if p.endswith("-inference-on-demand")):
+        script = (PROJECT / "nixos" / "on-demand.sh").read_text()
+        tools[path] = shell_application(base, "inference-on-demand", script, [])
+    return tools
 
 
 def placeholder(runtime: str, where: str) -> str:
@@ -361,6 +396,7 @@ def serving_world(
     all_binds: list[tuple[str, str, bool]] = [(str(base), str(base), False),
                                               (str(state), STATE_ROOT, False), *PROBE_BINDS,
                                               *(binds or [])]
+    packages = {**system_tools(base, host), **packages}
     for pkg, host_path in packages.items():
         store_path = golden["packages"].get(pkg, pkg)
         all_binds.append((str(host_path), store_path, True))
@@ -370,6 +406,9 @@ def serving_world(
             ct.run(["groupadd", "--system", spec["group"]])
             ct.run(["useradd", "--system", "--gid", spec["group"], "--no-create-home",
                     "--shell", "/usr/sbin/nologin", user])
+        # systemd.tmpfiles.rules, as systemd-tmpfiles-setup.service applies them at boot
+        ct.write_file("/etc/tmpfiles.d/inference.conf", "\n".join(host_data["tmpfiles"]) + "\n")
+        ct.run(["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/inference.conf"])
         manifest = json.loads(json.dumps(host_data["manifest"]))
         for model, revision in (revisions or {}).items():
             manifest["models"][model]["revision"] = revision

@@ -1,13 +1,16 @@
 """From pull to serving: the units the NixOS modules render, in a real systemd, driven by
 `model-pull` with no arguments reading the manifest the modules write.
 
-One container for the whole module (host `rtx5090-workstation` of tests/nix/golden.json); the
-steps run in order and build on each other:
-1. before any pull, the llama-server unit is skipped (ConditionPathExists);
-2. `model-pull` pulls both declared GGUFs and restarts the unit: it serves completions;
-3. stopped by the admin, it stays stopped across a pull with nothing new;
-4. a pull killed mid-download changes nothing; the next one installs and restarts;
-5. a corrupted download is refused and the unit keeps serving the old entry.
+One container for the whole module (host `rtx5090-workstation` of tests/nix/golden.json, whose
+llama-server instances are served on demand); the steps run in order and build on each other:
+1. before any pull, the socket is skipped (ConditionPathExists) and the port refuses;
+2. `model-pull` pulls the declared GGUFs and starts the socket: a request starts the runtime,
+   which serves the pulled entry;
+3. stopped by the admin (its socket), it stays stopped across a pull with nothing new;
+4. a pull killed mid-download changes nothing; the next one installs and restarts the runtime
+   that runs;
+5. a corrupted download is refused and the runtime keeps serving the old entry.
+(tests/systemd/test_on_demand.py has the rest of on-demand serving: idle stop, the queue.)
 """
 
 from __future__ import annotations
@@ -31,11 +34,14 @@ pytestmark = [pytest.mark.systemd, pytest.mark.slow]
 
 HOST = "rtx5090-workstation"
 UNIT = "llama-server-main.service"
-PORT = 11435  # the unit's --port
+SOCKET = "llama-server-main.socket"
+PORT = 11435  # the socket's port
 MAIN, DRAFT = "qwopus-27b", "qwen3-1_7b-draft"
 MAIN_REPO = "Jackrong/Qwopus3.6-27B-v1-preview-GGUF"
 MAIN_FILE = "Qwopus3.6-27B-v1-preview-Q4_K_M.gguf"
 DRAFT_REPO, DRAFT_FILE = "lmstudio-community/Qwen3-1.7B-GGUF", "Qwen3-1.7B-Q4_K_M.gguf"
+CODER_REPO = "lmstudio-community/Qwen3-Coder-30B-A3B-Instruct-GGUF"
+CODER_FILE = "Qwen3-Coder-30B-A3B-Instruct-Q4_K_M.gguf"
 MAIN_GGUF = f"/var/lib/inference/models/{MAIN}/share/models/gguf/{MAIN_FILE}"  # its -m
 DEADLINE = 60.0
 
@@ -52,6 +58,7 @@ def setup_hub(base: Path) -> object:
         add_main(hub, base, seed=1)
         draft = write_tiny_gguf(base / "draft.gguf", seed=2, shape=DRAFT_GGUF_SHAPE)
         hub.add_repo(DRAFT_REPO, {DRAFT_FILE: draft})
+        hub.add_repo(CODER_REPO, {CODER_FILE: write_tiny_gguf(base / "coder.gguf", seed=5)})
     return setup
 
 
@@ -99,11 +106,22 @@ def served_entry(w: World, pid: str) -> str:
     return w.ct.run(["readlink", "-e", model]).stdout.strip().split("/share/")[0]
 
 
+def refused(w: World) -> bool:
+    probe = w.ct.python(
+        "import socket\n"
+        f"socket.create_connection(('127.0.0.1', {PORT}), timeout=5)\n", check=False)
+    return "ConnectionRefusedError" in probe.stderr
+
+
 def test_1_unit_is_skipped_before_any_pull(world: World) -> None:
-    world.ct.run(["systemctl", "start", UNIT])  # as at boot (WantedBy=multi-user.target)
+    world.ct.run(["systemctl", "start", SOCKET])  # as at boot (WantedBy=sockets.target)
+    state = world.unit(SOCKET)
+    assert (state["ActiveState"], state["ConditionResult"]) == ("inactive", "no"), state
+    assert "unmet condition check (ConditionPathExists=" in world.ct.journal(SOCKET)
+    assert refused(world)
+    world.ct.run(["systemctl", "start", UNIT])  # by hand: skipped the same way
     state = world.unit(UNIT)
     assert (state["ActiveState"], state["ConditionResult"]) == ("inactive", "no"), state
-    assert "unmet condition check (ConditionPathExists=" in world.ct.journal(UNIT)
 
 
 def test_2_model_pull_installs_and_the_unit_serves(world: World) -> None:
@@ -111,26 +129,33 @@ def test_2_model_pull_installs_and_the_unit_serves(world: World) -> None:
     assert proc.returncode == 0, proc.stderr + proc.stdout
     out = proc.stdout + proc.stderr
     assert f"{MAIN}: installed" in out and f"{DRAFT}: installed" in out, out
+    assert world.unit(SOCKET)["ActiveState"] == "active", world.ct.journal(SOCKET)
+    assert world.unit(UNIT)["ActiveState"] == "inactive"  # the first request starts it
+    assert serves(world) == [MAIN_GGUF]
     state = world.unit(UNIT)
     assert (state["ActiveState"], state["SubState"]) == ("active", "running"), \
         f"{state}\n{world.ct.journal(UNIT)}"
-    assert serves(world) == [MAIN_GGUF]
     assert served_entry(world, state["MainPID"]) == \
         f"/var/lib/inference/store/{Path(world.link(MAIN)).name}"
 
 
 def test_3_stopped_stays_stopped_across_a_pull_with_nothing_new(world: World) -> None:
-    world.ct.run(["systemctl", "stop", UNIT])
-    assert world.unit(UNIT)["ActiveState"] == "inactive"
+    world.ct.run(["systemctl", "stop", SOCKET])
+    # the runtime goes with its socket (its proxy is part of the socket, and nothing else
+    # needs the runtime)
+    wait_for(lambda: world.unit(UNIT)["ActiveState"] == "inactive", "the runtime to stop")
+    assert refused(world)
     proc = world.model_pull()
     assert proc.returncode == 0, proc.stderr + proc.stdout
     out = proc.stdout + proc.stderr
     assert f"{MAIN}: up to date" in out and f"{DRAFT}: up to date" in out, out
-    assert world.unit(UNIT)["ActiveState"] == "inactive"
+    assert world.unit(SOCKET)["ActiveState"] == "inactive"
+    assert refused(world)
 
 
 def test_4_killed_pull_changes_nothing_and_the_next_one_restarts(world: World) -> None:
-    world.ct.run(["systemctl", "start", UNIT])
+    world.ct.run(["systemctl", "start", SOCKET])
+    serves(world)
     before = world.unit(UNIT)
     assert before["ActiveState"] == "active", before
     link, store = world.link(MAIN), world.store()
