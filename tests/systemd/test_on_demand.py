@@ -77,9 +77,9 @@ MAIN_SHAPE = replace(GGUF_SHAPE, context=8192)
 # more than all the buffers between the runtime and a client that reads nothing can hold: the
 # send buffers of the runtime's and of the proxy's socket (each at most tcp_wmem's maximum, 4 MB
 # by default, https://docs.kernel.org/networking/ip-sysctl.html), the proxy's pipe (256 KiB,
-# systemd's src/socket-proxy/socket-proxyd.c) and the receive buffers of the proxy and the client
-# (tcp_rmem's default, 128 KiB: a socket nobody reads from does not grow). The runtime therefore
-# cannot be done sending it before the client reads.
+# https://github.com/systemd/systemd/blob/main/src/socket-proxy/socket-proxyd.c) and the receive
+# buffers of the proxy and the client (tcp_rmem's default, 128 KiB: a socket nobody reads from
+# does not grow). The runtime therefore cannot be done sending it before the client reads.
 LONG_ANSWER = {"max_tokens": 3000, "n_probs": 100}
 
 
