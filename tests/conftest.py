@@ -177,7 +177,8 @@ _REPO_COUNTER = itertools.count()
 @pytest.fixture
 def new_repo(devhub: DevHubServer, request: pytest.FixtureRequest) -> Callable[..., HubRepo]:
     """``new_repo(files, **add_repo_kwargs)``: a repo under a fresh id (``scratch/<test>-<n>``)."""
-    base = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60].strip("-")
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name)
+    base = "-".join(part for part in base.split("-") if part)[:60].strip("-")  # no "--"
 
     def make(files: Mapping[str, bytes], **kw: Any) -> HubRepo:
         repo = f"scratch/{base}-{next(_REPO_COUNTER)}"

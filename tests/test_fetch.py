@@ -475,7 +475,7 @@ def test_disk_full_is_one_line_and_leaves_nothing(env, tmp_path):
     root = tmp_path / "small"
     root.mkdir()
     cmd = (
-        f"mount -t tmpfs -o size=160k none {root} && "
+        f"mount -t tmpfs -o size=160k,mode=0755 none {root} && "
         f"exec {' '.join(MODEL_PULL)} fetch tiny-org/tiny-llama --root {root}"
     )
     p = subprocess.run(
@@ -518,12 +518,13 @@ def test_no_permission_says_sudo(env, tmp_path):
 
 
 def partial_bytes(cache: Path) -> int:
-    """Bytes in the downloads under way. A file listed may be renamed (complete) before its size
-    is read: it is no longer partial, and counts for nothing."""
+    """Bytes in the downloads under way: allocated blocks, since ranges are written into a
+    sparse file at their offsets. A file listed may be renamed (complete) before its size is
+    read: it is no longer partial, and counts for nothing."""
     total = 0
     for part in cache.glob("*.incomplete"):
         with contextlib.suppress(FileNotFoundError):
-            total += part.stat().st_size
+            total += part.stat().st_blocks * 512
     return total
 
 
@@ -535,7 +536,7 @@ def test_kill_9_mid_download_changes_nothing_and_the_next_pull_resumes(
     resume = new_repo(base).repo
     first = fetch_json(env, root, resume, "--name", "resume")
     before = snapshot(root)
-    # huggingface_hub writes in 10 MiB chunks: kill once more than one chunk has arrived.
+    # Kill once more than 10 MiB have arrived (over two ranges: 16 MiB and 8 MiB).
     big = os.urandom(24 << 20)
     hub.hub.add_repo(resume, dict(base, **{"extra.safetensors": big}))
     hub.hub.inject(resume, "extra.safetensors", throttle_bps=12 << 20)

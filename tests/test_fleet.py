@@ -656,3 +656,32 @@ def test_push_of_an_unknown_model_is_one_line(model_pull, tmp_path: Path):
         20, "push", "nope", "--to", f"file://{tmp_path}/c", "--root", str(tmp_path)
     )
     assert line.startswith("error: no model named 'nope'")
+
+
+def test_a_tampered_entry_in_store_is_not_linked_again(model_pull, pulled: Pulled, tmp_path: Path):
+    """The pinned entry is in store/ but was changed since it was installed: the cache replaces
+    it; it is never linked as it is."""
+    push(model_pull, pulled, f"file://{tmp_path / 'cache'}")
+    with StaticCache(tmp_path / "cache") as cache:
+        first = consume(model_pull, declare(tmp_path, pulled, {"urls": [cache.url]}), hub=DEAD_HUB)
+        assert first.returncode == 0, first.stderr
+        consumer = tmp_path / "consumer"
+        gate = consumer / "by-hash" / by_hash_name(pulled.nar)
+        (consumer / "models" / NAME).unlink()
+        gate.unlink()
+        weights = consumer / "store" / pulled.entry.name / "share/models/gguf/tiny.gguf"
+        weights.chmod(0o644)
+        with weights.open("r+b") as f:
+            f.seek(100)
+            f.write(b"\x00\x01\x02")
+        asked = len(cache.requests)
+        again = consume(model_pull, declare(tmp_path, pulled, {"urls": [cache.url]}), hub=DEAD_HUB)
+    assert again.returncode == 0, again.stderr
+    assert f"{NAME}: substituted {pulled.path} from {cache.url}" in again.stdout
+    assert len(cache.requests) > asked
+    assert (gate / "share/models/gguf/tiny.gguf").read_bytes() == (
+        pulled.entry / "share/models/gguf/tiny.gguf"
+    ).read_bytes()
+    verified = model_pull.json("verify", "--root", str(consumer))
+    assert verified["entries"][0]["ok"] is True
+    nothing_half_made(consumer)

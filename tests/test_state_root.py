@@ -99,4 +99,5 @@ def test_the_option_then_the_environment_then_the_manifest(declared, tmp_path: P
         "--root",
         str(other),
     )
-    assert p.returncode == 0 and f"no models in {other}: nothing to verify" in p.stderr
+    # The option was taken: a root that does not exist is nothing verified, not success.
+    assert p.returncode == 20 and f"no state root at {other}" in p.stderr

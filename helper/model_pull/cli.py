@@ -16,9 +16,20 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from model_pull import __version__, check
+from model_pull import __version__, check, redact
 from model_pull import status as status_mod
-from model_pull.datamodel import DEBUG_ENV, Layout, Runtime, files_total, resolve_root
+from model_pull.datamodel import (
+    DEBUG_ENV,
+    Layout,
+    Runtime,
+    files_total,
+    model_name_problem,
+    nar_hash_problem,
+    repo_problem,
+    resolve_root,
+    root_problem,
+    validate_triton_name,
+)
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.manifest import Manifest, state_root
 from model_pull.metadata import load_target
@@ -39,8 +50,19 @@ ROOT_HELP = (
 )
 
 
+def _check_root(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    """--root: a non-empty absolute path that, when it exists, is a directory."""
+    if value is None:
+        return None
+    if (why := root_problem(value)) is not None:
+        raise click.BadParameter(f"{value!r} cannot be the state root: {why}")
+    if os.path.lexists(value) and not os.path.isdir(value):
+        raise click.BadParameter(f"{value!r} is not a directory")
+    return Path(value)
+
+
 def _root_option(f: Any) -> Any:
-    return click.option("--root", type=click.Path(path_type=Path), default=None, help=ROOT_HELP)(f)
+    return click.option("--root", default=None, callback=_check_root, help=ROOT_HELP)(f)
 
 
 def _json_option(f: Any) -> Any:
@@ -56,7 +78,8 @@ def _root(option: Path | None) -> Path:
 
 
 def _state(root: Path | None) -> StateRoot:
-    return StateRoot(_root(root))
+    """The state root, checked (safefs.py): nothing in it that model-pull would not make."""
+    return StateRoot(_root(root)).check()
 
 
 def _emit(data: Mapping[str, Any]) -> None:
@@ -96,6 +119,13 @@ def _pull_options(f: Any) -> Any:
         ),
         click.option("--no-wait", is_flag=True, help="Fail instead of waiting for another pull."),
         click.option(
+            "--connections",
+            type=click.IntRange(1, 128),
+            default=None,
+            envvar="MODEL_PULL_CONNECTIONS",
+            help="Connections a download uses (HTTP range requests; default 20).",
+        ),
+        click.option(
             "--store",
             "store_mode",
             type=click.Choice(["state", "nix"]),
@@ -129,6 +159,16 @@ def _options(
     from model_pull.layouts import parse_engine_args
     from model_pull.pull import Options
 
+    if name is not None and (why := model_name_problem(name)) is not None:
+        raise ModelPullError(
+            ExitCode.USAGE, f"--name {redact.name(name)} cannot be a model name: {why}"
+        )
+    if expect_nar is not None and (why := nar_hash_problem(expect_nar)) is not None:
+        raise ModelPullError(ExitCode.USAGE, f"--nar-hash {redact.name(expect_nar)}: {why}")
+    if triton_name is not None and (why := validate_triton_name(triton_name)) is not None:
+        raise ModelPullError(
+            ExitCode.USAGE, f"--triton-name {redact.name(triton_name)} is not valid: {why}"
+        )
     return Options(
         layout=Layout(layout),
         name=name,
@@ -159,6 +199,13 @@ def _report(installed: Installed, as_json: bool, store_path: str | None) -> None
     )
     if store_path:
         click.echo(f"  nix store {store_path}")
+
+
+def _check_repo(repo: str) -> None:
+    if (why := repo_problem(repo)) is not None:
+        raise ModelPullError(
+            ExitCode.USAGE, f"{redact.name(repo)} is not a repository id: {why}", hint="org/name"
+        )
 
 
 def _nix_import(installed: Installed, root: StateRoot, mode: str, uri: str | None) -> str | None:
@@ -222,6 +269,8 @@ def cli(
         else logging.WARNING,
         format="%(levelname)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:  # whatever is logged: one line, no secret
+        handler.setFormatter(_CleanFormatter("%(levelname)s: %(message)s"))
     if ctx.invoked_subcommand is None:
         from model_pull.sync import NixStore
 
@@ -323,6 +372,7 @@ def fetch(
     runtime: str | None,
     gpus: tuple[str, ...],
     force: bool,
+    connections: int | None,
     cache_urls: tuple[str, ...],
     trusted_keys: tuple[str, ...],
     **opts: Any,
@@ -336,9 +386,11 @@ def fetch(
     from model_pull.manifest import Caches
     from model_pull.progress import Progress
 
+    _check_repo(repo)
+    options = _options(**opts)
+    check.gather_gpus(gpus)  # a bad --gpu is refused before any request
     state = _state(root)
     remote = hub.Remote(token=hub.read_token(token_file))
-    options = _options(**opts)
     if cache_urls and options.expect_nar is None:
         click.echo(
             "warning: --cache is not asked without --nar-hash: nothing ties a repo and revision "
@@ -368,6 +420,7 @@ def fetch(
         progress=Progress(not as_json),
         wait=not no_wait,
         preflight=gate.listing,
+        connections=connections,
         substitute=substitute.substituter(
             state,
             repo,
@@ -398,16 +451,20 @@ def package(
     no_wait: bool,
     store_mode: str,
     nix_store_uri: str | None,
+    connections: int | None,
     **opts: Any,
 ) -> None:
     """Package weights already on disk (a directory or an HF cache models--org--name tree)."""
     from model_pull import pull
     from model_pull.progress import Progress
 
+    if repo is not None:
+        _check_repo(repo)
+    options = _options(**opts)
     state = _state(root)
     installed = pull.package(
         src,
-        _options(**opts),
+        options,
         state,
         repo=repo,
         revision=revision,
@@ -433,6 +490,7 @@ def prefetch(
     no_wait: bool,
     store_mode: str,
     nix_store_uri: str | None,
+    connections: int | None,
     **opts: Any,
 ) -> None:
     """Fetch, then print the declaration that pins it (like nix-prefetch-url).
@@ -443,8 +501,9 @@ def prefetch(
     from model_pull import hub, nixexpr, pull
     from model_pull.progress import Progress
 
-    state = _state(root)
+    _check_repo(repo)
     options = _options(**opts)
+    state = _state(root)
     installed = pull.fetch(
         repo,
         revision,
@@ -453,6 +512,7 @@ def prefetch(
         hub.Remote(token=hub.read_token(token_file)),
         progress=Progress(not as_json),
         wait=not no_wait,
+        connections=connections,
     )
     _nix_import(installed, state, store_mode, nix_store_uri)
     declaration = installed.entry.manifest().spec.declaration(installed.nar_hash)
@@ -518,10 +578,29 @@ def push(
 @_json_option
 def hash_cmd(path: Path, name: str | None, as_json: bool) -> None:
     """The NAR hash of PATH (= `nix hash path`) and the store path `nix-store --add` gives it."""
-    from model_pull.hashing import NIX_STORE_DIR, nar_hash, store_basename
+    from model_pull.hashing import (
+        NIX_STORE_DIR,
+        UnsupportedFileError,
+        nar_hash,
+        store_basename,
+        valid_store_name,
+    )
 
-    nar = nar_hash(path)
-    store_name = name or path.resolve().name
+    if name is not None and not valid_store_name(name):
+        raise ModelPullError(
+            ExitCode.USAGE,
+            f"--name {redact.name(name)} is not a Nix store name",
+            hint="1-211 characters of A-Z a-z 0-9 + - . _ ? =, not starting with '.'",
+        )
+    try:
+        nar = nar_hash(path)
+    except UnsupportedFileError as exc:
+        raise ModelPullError(
+            ExitCode.BAD_INPUT,
+            redact.clean(str(exc), 300),
+            hint="a NAR holds regular files, directories and symlinks only",
+        ) from exc
+    store_name = path.resolve().name if name is None else name
     try:
         store_path = f"{NIX_STORE_DIR}/{store_basename(nar.digest, store_name)}"
     except ValueError as exc:
@@ -548,6 +627,12 @@ def verify(names: tuple[str, ...], root: Path | None, as_json: bool) -> None:
     from model_pull.verify import verify_entries
 
     state = _state(root)
+    if not state.path.exists():
+        raise ModelPullError(
+            ExitCode.NOT_INSTALLED,
+            f"no state root at {state.path}: nothing was ever installed there",
+            hint="check --root and MODEL_PULL_ROOT",
+        )
     results = verify_entries(state, list(names))
     if not results:
         click.echo(f"no models in {state.path}: nothing to verify", err=True)
@@ -614,17 +699,24 @@ def list_cmd(root: Path | None, as_json: bool) -> None:
     help="First forget all but the last N previous entries of each model "
     "(default: keep the whole history).",
 )
+@click.option(
+    "--downloads",
+    is_flag=True,
+    help="Also remove downloads no entry holds yet (partial or complete): a pull that was "
+    "interrupted then starts over.",
+)
 @_root_option
 @_json_option
-def gc(keep: int | None, root: Path | None, as_json: bool) -> None:
-    """Remove the entries nothing reaches, and download debris.
+def gc(keep: int | None, downloads: bool, root: Path | None, as_json: bool) -> None:
+    """Remove the entries nothing reaches.
 
     Kept: what models/ links, pins (by-hash/) and each model's history point at. An entry a
-    pin reaches stays until that by-hash/ link is removed.
+    pin reaches stays until that by-hash/ link is removed. Downloads an interrupted pull left
+    stay too (the next pull resumes them), unless --downloads.
     """
     state = _state(root)
     with state.lock(wait=True):
-        removed = state.gc(keep)
+        removed = state.gc(keep, downloads=downloads)
     if as_json:
         collected: GcJson = {"removed": [str(p) for p in removed]}
         _emit(collected)
@@ -749,14 +841,15 @@ def check_cmd(
     Exit: 0 ok, 30 emulated (--strict), 31 unsupported, 32 does not fit, 33 no GPU information.
     """
     rt = Runtime(runtime) if runtime else None
-    meta = load_target(target, root=_root(root), revision=revision)
+    planned = check.gather_gpus(gpus) if gpus else None  # bad --gpu: refused before any request
     arches = check.parse_package_sms(package_sm) if package_sm else ()
+    meta = load_target(target, root=_root(root), revision=revision)
     if not arches and "/" not in target:
         unit = check.unit_facts_from_manifest(target, rt)
         if unit is not None:
             rt = rt or unit.runtime
             arches = unit.arches
-    found, problem = check.gather_gpus(gpus)
+    found, problem = planned or check.gather_gpus(gpus)
     report = check.preflight(
         meta,
         rt,
@@ -798,9 +891,17 @@ def status(root: Path | None, as_json: bool) -> None:
         raise report.bus_error
 
 
+class _CleanFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if os.environ.get(DEBUG_ENV):
+            return redact.mask(text)
+        return redact.clean(text, redact.LINE_MAX)
+
+
 def _error_line(text: str) -> None:
     """The one line a failure gets: `error: what is wrong (what to do)` on stderr."""
-    click.echo(f"error: {' '.join(text.split())}", err=True)
+    click.echo(f"error: {redact.clean(text, redact.LINE_MAX)}", err=True)
 
 
 def _usage_line(exc: click.ClickException) -> str:

@@ -32,6 +32,14 @@ MANIFEST_ENV = "MODEL_PULL_MANIFEST"
 DEBUG_ENV = "MODEL_PULL_DEBUG"
 
 TRITON_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# A repository id as the Hub allows it (huggingface_hub's validate_repo_id, ASCII only): an
+# optional namespace and a name, each 1-96 of [A-Za-z0-9_.-] starting and ending with a letter,
+# digit or '_'; no '--' or '..' (the cache's models--org--name must stay unambiguous).
+_REPO_PART_RE = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?$")
+_SRI_RE = re.compile(r"^sha256-[A-Za-z0-9+/]{43}=$")
+# A unit model-pull restarts over D-Bus: a systemd service name (systemd.unit(5), "Description").
+_UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,247}\.service$")
+JSON_MAX_DEPTH = 32  # nesting of a declared value (engineDefaults); deeper is refused
 
 
 class Layout(enum.StrEnum):
@@ -287,6 +295,7 @@ class RootPaths:
         self.state = path / "state"
         self.pulls_log = self.state / "pulls.jsonl"
         self.history_dir = self.state / "history"
+        self.entry_records = self.state / "entries"  # <entry>.json: narHash, fingerprint
         self.lock_file = path / "pull.lock"
         self.gcroots = path / "gcroots"  # Nix GC roots of entries imported with --store nix
 
@@ -301,13 +310,27 @@ class RootPaths:
         return self.pin_link(nar_hash) if nar_hash else self.model_link(name)
 
 
-def resolve_root(option: Path | None, manifest_root: Callable[[], Path | None]) -> Path:
+def resolve_root(option: str | Path | None, manifest_root: Callable[[], Path | None]) -> Path:
     """The state root of every command: --root, then $MODEL_PULL_ROOT, then the root the NixOS
-    manifest declares (`manifest_root()`, read only when needed), then /var/lib/inference."""
+    manifest declares (`manifest_root()`, read only when needed), then /var/lib/inference.
+    An empty or relative root is refused, naming where it came from."""
+    from model_pull.errors import ExitCode, ModelPullError
+
+    def refuse(where: str, why: str) -> ModelPullError:
+        return ModelPullError(
+            ExitCode.USAGE,
+            f"{where} cannot be the state root: {why}",
+            hint="give an absolute path, e.g. /var/lib/inference",
+        )
+
     if option is not None:
-        return option
+        if (why := root_problem(str(option))) is not None:
+            raise refuse(f"--root {str(option)!r}", why)
+        return Path(option)
     env = os.environ.get(ROOT_ENV)
-    if env:
+    if env is not None:
+        if (why := root_problem(env)) is not None:
+            raise refuse(f"{ROOT_ENV}={env!r}", why)
         return Path(env)
     return manifest_root() or DEFAULT_ROOT
 
@@ -315,6 +338,71 @@ def resolve_root(option: Path | None, manifest_root: Callable[[], Path | None]) 
 def manifest_path() -> Path:
     """Where the NixOS manifest is: $MODEL_PULL_MANIFEST, else /etc/inference/models.json."""
     return Path(os.environ.get(MANIFEST_ENV) or DEFAULT_MANIFEST)
+
+
+def repo_problem(repo: str) -> str | None:
+    """Why `repo` is not a Hub repository id (org/name), or None."""
+    parts = repo.split("/")
+    if len(parts) > 2:
+        return "it has more than one '/'"
+    if not all(_REPO_PART_RE.match(p) for p in parts):
+        return "use org/name, each 1-96 letters, digits, '-', '_' or '.'"
+    if "--" in repo or ".." in repo:
+        return "'--' and '..' are not allowed"
+    return None
+
+
+def nar_hash_problem(value: str) -> str | None:
+    """Why `value` is not a narHash in SRI form (sha256-<44 base64 characters>), or None."""
+    import base64
+    import binascii
+
+    if not _SRI_RE.match(value):
+        return "a narHash looks like sha256-<44 base64 characters> (model-pull prefetch prints it)"
+    try:
+        digest = base64.b64decode(value[len("sha256-") :], validate=True)
+    except binascii.Error:
+        return "its base64 does not decode"
+    return None if len(digest) == 32 else "it is not 32 bytes of SHA-256"
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a model name (a Nix store name: models/NAME, store/<hash>-NAME)."""
+    from model_pull.hashing import valid_store_name
+
+    if valid_store_name(name):
+        return None
+    return "use 1-211 letters, digits and + - . _ ? =, not starting with '.'"
+
+
+def unit_problem(unit: str) -> str | None:
+    """Why `unit` is not the name of a systemd service model-pull may restart, or None."""
+    return None if _UNIT_RE.match(unit) else "a unit is NAME.service (systemd.unit(5))"
+
+
+def root_problem(raw: str) -> str | None:
+    """Why `raw` cannot be a state root, or None: it must be a non-empty absolute path."""
+    if not raw:
+        return "it is empty"
+    if "\0" in raw or any(ord(c) < 0x20 for c in raw):
+        return "it has control characters"
+    if not raw.startswith("/"):
+        return "it is not an absolute path"
+    return None
+
+
+def json_depth(value: Any, limit: int = JSON_MAX_DEPTH) -> bool:
+    """Whether `value` (parsed JSON) nests at most `limit` levels."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return True
 
 
 def validate_triton_name(name: str) -> str | None:

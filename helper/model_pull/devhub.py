@@ -42,8 +42,9 @@ State lives in ``data_dir``: ``blobs/<sha256>`` (content-addressed bytes) and
 is re-read when it changes, so ``python -m model_pull.devhub serve DIR`` in another process sees
 repos added later with :meth:`DevHub.add_repo`.
 
-Tests extend it (tests/loopback_hub.py) through two methods of the request handler:
-``send_file`` (how a file's bytes are sent) and ``log_request_done`` (what was asked and sent).
+Tests extend it (tests/loopback_hub.py) through three methods of the request handler:
+``intercept`` (answer a request some other way), ``send_file`` (how a file's bytes are sent) and
+``log_request_done`` (what was asked and sent).
 """
 
 from __future__ import annotations
@@ -309,6 +310,7 @@ class DevHub:
         gated: bool = False,
         tokens: Sequence[str] = (),
         lfs_patterns: Sequence[str] = LFS_PATTERNS,
+        lfs_size_threshold: int = LFS_SIZE_THRESHOLD,
         keep_existing: bool = False,
     ) -> str:
         """Commit ``files`` (the whole tree) to ``branch`` and return the commit sha.
@@ -327,7 +329,7 @@ class DevHub:
             self.check_name(name)
             git_sha1, sha256, size = self._store_blob(source)
             base = PurePosixPath(name).name
-            lfs = size > LFS_SIZE_THRESHOLD or any(fnmatch(base, p) for p in lfs_patterns)
+            lfs = size > lfs_size_threshold or any(fnmatch(base, p) for p in lfs_patterns)
             entries[name] = FileEntry(name, size, sha256, git_sha1, lfs)
         listing = tuple(sorted(entries.values(), key=lambda e: e.path))
         commit = commit_sha(listing)
@@ -431,6 +433,10 @@ class _HttpError(Exception):
         self.code = code
 
 
+def _repo_id(parts: list[str]) -> str:
+    return "/".join(urllib.parse.unquote(p) for p in parts)
+
+
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     """``bytes=N-`` or ``bytes=N-M`` -> (start, end inclusive); None if unsatisfiable."""
     m = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
@@ -450,6 +456,9 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "devhub/0.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY the body of a small
+    # file waits for the client's delayed ACK (40 ms a response).
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -474,9 +483,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             if len(parts) >= 3 and parts[0] == "api" and parts[1] == "models":
                 self.log_api_request(urllib.parse.unquote(url.path))
-                self._api_models(parts[2:], query, url.path, head=head)
+                kind = "tree" if len(parts) >= 6 and parts[4] == "tree" else "revision"
+                if not self.intercept(kind, _repo_id(parts[2:4]), None, head=head):
+                    self._api_models(parts[2:], query, url.path, head=head)
             elif len(parts) >= 4 and parts[2] == "resolve":
-                self._resolve(parts, head=head)
+                filename = urllib.parse.unquote("/".join(parts[4:]))
+                if not self.intercept("resolve", _repo_id(parts[:2]), filename, head=head):
+                    self._resolve(parts, head=head)
             else:
                 raise _HttpError(404, f"no route for {url.path}")
         except _HttpError as err:
@@ -686,6 +699,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         return sent
+
+    def intercept(self, kind: str, repo_id: str, path: str | None, *, head: bool) -> bool:
+        """Answer a request some other way before it is routed ("revision", "tree" or
+        "resolve"); True when it was answered. The tests' Hub misbehaves here."""
+        return False
 
     def log_request_done(self, record: RequestRecord) -> None:
         """A resolve request was answered (debug log; tests record them)."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from model_pull.datamodel import JSON_MAX_DEPTH, json_depth
 from model_pull.errors import ExitCode, ModelPullError
 
 ARGS_FILE = "vllm_args.json"
@@ -54,6 +55,13 @@ def parse_engine_args(pairs: Sequence[str]) -> dict[str, Any]:
             out[key] = json.loads(raw)
         except ValueError:
             out[key] = raw
+        except RecursionError:
+            out[key] = None
+        if not json_depth(out[key]):
+            raise ModelPullError(
+                ExitCode.USAGE,
+                f"--vllm-arg {key}: the value nests deeper than {JSON_MAX_DEPTH}",
+            )
     validate_engine_args(out)
     return out
 

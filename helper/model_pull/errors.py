@@ -35,6 +35,7 @@ class ExitCode(enum.IntEnum):
     NIX = 24  # nix-store / nix failed in --store nix mode
     BAD_INPUT = 25  # a local source directory or argument that cannot be packaged
     PINNED = 26  # the NixOS manifest pins this model: the pin, not models/NAME, decides
+    UNSAFE_ROOT = 27  # a link, a foreign owner or a writable-by-others directory in the state root
 
     # check (issue: will this model run on this GPU)
     EMULATED = 30  # only with --strict

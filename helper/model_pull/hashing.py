@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 NIX_STORE_DIR = "/nix/store"
 NIX32_ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
@@ -41,62 +41,28 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-class Sha256Appender:
-    """A file opened for appending that hashes every byte it holds, as it is written.
-
-    Made for huggingface_hub's `http_get`, which calls `write`, and on a server that ignores
-    Range also `tell`, `seek` and `truncate`: after a truncation the hash is recomputed from what
-    is left on disk. The bytes already in the file when it is opened are hashed first (a resume).
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._out: BinaryIO = path.open("ab")
-        self.sha256 = hashlib.sha256()
-        self._rehash(self._out.tell())
-
-    def _rehash(self, size: int) -> None:
-        self.sha256 = hashlib.sha256()
-        with self.path.open("rb") as f:
-            while size > 0 and (chunk := f.read(min(CHUNK, size))):
-                self.sha256.update(chunk)
-                size -= len(chunk)
-
-    def write(self, data: bytes) -> int:
-        self.sha256.update(data)
-        return self._out.write(data)
-
-    def tell(self) -> int:
-        return self._out.tell()
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        return self._out.seek(offset, whence)
-
-    def truncate(self, size: int | None = None) -> int:
-        size = self._out.truncate(size)
-        self._out.flush()
-        self._rehash(size)
-        return size
-
-    def close(self) -> None:
-        self._out.close()
-
-    def __enter__(self) -> Sha256Appender:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def git_blob_sha1(data: bytes) -> str:
-    """The git object id of a blob (what the Hub lists as `oid` for non-LFS files)."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
-
-
 def git_blob_hasher(size: int) -> hashlib._Hash:
+    """The git object id of a blob of `size` bytes (what the Hub lists as `oid` for non-LFS
+    files), fed with the bytes as they come."""
     h = hashlib.sha1(usedforsecurity=False)
     h.update(b"blob %d\0" % size)
     return h
+
+
+def file_hashes(f: Readable, size: int) -> tuple[str, str]:
+    """(SHA-256, git blob SHA-1) of `size` bytes read in order from `f`, in 4 MiB pieces."""
+    sha256 = hashlib.sha256()
+    sha1 = git_blob_hasher(size)
+    buf = bytearray(min(CHUNK, max(size, 1)))
+    got = 0
+    while got < size and (n := f.readinto(buf)):
+        view = memoryview(buf)[:n]
+        sha256.update(view)
+        sha1.update(view)
+        got += n
+    if got != size:
+        raise OSError(f"expected {size} bytes, read {got}")
+    return sha256.hexdigest(), sha1.hexdigest()
 
 
 def nix32(digest: bytes) -> str:
@@ -171,6 +137,21 @@ class NarResult:
         return sri(self.digest)
 
 
+class Readable(Protocol):
+    def readinto(self, buf: bytearray | memoryview, /) -> int | None: ...
+
+
+# For a regular file met in the walk: its size and a reader of its bytes in order, when they
+# do not come from the file as it is on disk now (a download still arriving), else None.
+Source = Callable[[Path, os.stat_result], "tuple[int, Readable] | None"]
+
+MAX_DEPTH = 256  # directories below the top; deeper is refused, not a RecursionError
+
+
+class UnsupportedFileError(ValueError):
+    """A node NAR cannot hold (a FIFO, a socket, a device), or a tree nested too deep."""
+
+
 # Where the NAR's bytes go besides the hash (a file's `write`), in order.
 NarOut = Callable[[bytes | memoryview], object]
 
@@ -194,30 +175,31 @@ class _Sink:
             self.out(data)
         self.size += len(data)
 
-    def contents(self, path: Path, size: int, extra: list[Hasher]) -> None:
+    def contents(self, f: Readable, size: int, extra: list[Hasher], what: Path) -> None:
         self.meta(struct.pack("<Q", size))
         got = 0
         # Three buffers: one being read into, one being hashed, one still with the extra hashers.
         bufs = [bytearray(min(CHUNK, max(size, 1))) for _ in range(3)]
-        with path.open("rb", buffering=0) as f:
-            reading: Future[int] = self.pool.submit(f.readinto, bufs[0])
-            pending: Future[None] | None = None
-            i = 0
-            while n := reading.result():
-                chunk = memoryview(bufs[i % 3])[:n]
-                i += 1
-                reading = self.pool.submit(f.readinto, bufs[i % 3])
-                if pending is not None:
-                    pending.result()
-                    pending = None
-                if extra or self.out is not None:
-                    pending = self.pool.submit(_update_all, extra, chunk, self.out)
-                self.h.update(chunk)
-                got += n
+        reading: Future[int | None] = self.pool.submit(f.readinto, bufs[0])
+        pending: Future[None] | None = None
+        i = 0
+        while n := reading.result():
+            chunk = memoryview(bufs[i % 3])[:n]
+            i += 1
+            if got + n > size:
+                raise OSError(f"{what} grew while hashing ({size} -> more bytes)")
+            reading = self.pool.submit(f.readinto, bufs[i % 3])
             if pending is not None:
                 pending.result()
+                pending = None
+            if extra or self.out is not None:
+                pending = self.pool.submit(_update_all, extra, chunk, self.out)
+            self.h.update(chunk)
+            got += n
+        if pending is not None:
+            pending.result()
         if got != size:
-            raise OSError(f"{path} changed size while hashing ({size} -> {got} bytes)")
+            raise OSError(f"{what} changed size while hashing ({size} -> {got} bytes)")
         self.size += got
         pad = (8 - got % 8) % 8
         if pad:
@@ -231,7 +213,14 @@ def _update_all(hashers: list[Hasher], chunk: memoryview, out: NarOut | None = N
         out(chunk)
 
 
-def _walk(sink: _Sink, path: Path, rel: str, on_file: OnFile | None) -> None:
+def _walk(
+    sink: _Sink,
+    path: Path,
+    rel: str,
+    on_file: OnFile | None,
+    source: Source | None,
+    depth: int = 0,
+) -> None:
     st = path.lstat()
     sink.meta(_OPEN + _TYPE)
     if stat.S_ISREG(st.st_mode):
@@ -239,28 +228,54 @@ def _walk(sink: _Sink, path: Path, rel: str, on_file: OnFile | None) -> None:
         if st.st_mode & stat.S_IXUSR:
             sink.meta(_EXECUTABLE + _EMPTY)
         sink.meta(_CONTENTS)
-        extra = on_file(rel, st.st_size) if on_file else []
-        sink.contents(path, st.st_size, extra)
+        given = source(path, st) if source else None
+        size = given[0] if given else st.st_size
+        extra = on_file(rel, size) if on_file else []
+        if given:
+            sink.contents(given[1], size, extra, path)
+        else:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb", buffering=0) as f:
+                sink.contents(f, size, extra, path)
     elif stat.S_ISLNK(st.st_mode):
         sink.meta(_SYMLINK + _TARGET + _str(os.fsencode(os.readlink(path))))
     elif stat.S_ISDIR(st.st_mode):
+        if depth >= MAX_DEPTH:
+            raise UnsupportedFileError(f"{path}: directories nested deeper than {MAX_DEPTH}")
         sink.meta(_DIRECTORY)
         names = sorted(os.fsencode(n) for n in os.listdir(path))
         for name in names:
             child = os.fsdecode(name)
             sink.meta(_ENTRY + _OPEN + _NAME + _str(name) + _NODE)
-            _walk(sink, path / child, f"{rel}/{child}" if rel else child, on_file)
+            _walk(
+                sink, path / child, f"{rel}/{child}" if rel else child, on_file, source, depth + 1
+            )
             sink.meta(_CLOSE)
     else:
-        raise ValueError(f"{path}: not a regular file, symlink or directory")
+        raise UnsupportedFileError(f"{path}: not a regular file, symlink or directory")
     sink.meta(_CLOSE)
 
 
-def nar_hash(path: Path, on_file: OnFile | None = None, *, out: NarOut | None = None) -> NarResult:
+def nar_hash(
+    path: Path,
+    on_file: OnFile | None = None,
+    source: Source | None = None,
+    *,
+    out: NarOut | None = None,
+) -> NarResult:
     """SHA-256 of the NAR of `path`, reading each file once (see module docstring); with `out`,
-    the NAR itself goes there too."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    the NAR itself goes there too.
+
+    `source` gives the bytes of files that are still arriving (pull.py hashes a download while
+    it downloads); without it every file is read as it is on disk."""
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="nar")
+    failed = True
+    try:
         sink = _Sink(pool, out)
         sink.meta(_MAGIC)
-        _walk(sink, path, "", on_file)
+        _walk(sink, path, "", on_file, source)
+        failed = False
         return NarResult(sink.h.digest(), sink.size)
+    finally:
+        # On a failure (Ctrl-C too) do not wait for a read that waits for a download.
+        pool.shutdown(wait=not failed, cancel_futures=True)

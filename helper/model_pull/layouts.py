@@ -57,10 +57,13 @@ def patch_tokenizer_config(data: bytes) -> bytes | None:
     return data.replace(b'"TokenizersBackend"', b'"PreTrainedTokenizerFast"')
 
 
+PATCH_MAX = 64 << 20  # a tokenizer_config.json read into memory to patch it
+
+
 def _place(src: Path, dst: Path, *, link: bool) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if link:
-        os.link(src, dst)
+        os.link(src, dst, follow_symlinks=False)
     else:
         shutil.copyfile(src, dst)
 
@@ -82,11 +85,15 @@ def build(staging: Path, spec: EntrySpec, files: Sequence[Placed], *, link: bool
     for f in sorted(files, key=lambda f: f.path):
         dst = staging / spec.file_path(f.path)
         record: FileRecord = {"path": f.path, "size": f.size, "sha256": f.sha256}
-        patched = (
-            patch_tokenizer_config(f.source.read_bytes())
-            if spec.patch_tokenizer and Path(f.path).name == TOKENIZER_CONFIG
-            else None
-        )
+        patched = None
+        if spec.patch_tokenizer and Path(f.path).name == TOKENIZER_CONFIG:
+            if f.size > PATCH_MAX:
+                raise ModelPullError(
+                    ExitCode.BAD_INPUT,
+                    f"{f.path} is {f.size} bytes: too big to be a tokenizer config",
+                    hint="drop --patch-tokenizer, or report the repository",
+                )
+            patched = patch_tokenizer_config(f.source.read_bytes())
         if patched is not None:
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_bytes(patched)

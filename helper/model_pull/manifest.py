@@ -17,7 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from model_pull.datamodel import DEFAULT_ROOT, Layout, Runtime, manifest_path, resolve_root
+from model_pull.datamodel import (
+    DEFAULT_ROOT,
+    JSON_MAX_DEPTH,
+    Layout,
+    Runtime,
+    json_depth,
+    manifest_path,
+    model_name_problem,
+    nar_hash_problem,
+    repo_problem,
+    resolve_root,
+    root_problem,
+    unit_problem,
+    validate_triton_name,
+)
 from model_pull.errors import ExitCode, ModelPullError
 
 logger = logging.getLogger(__name__)
@@ -104,6 +118,10 @@ class Manifest:
             raise ModelPullError(
                 ExitCode.BAD_MANIFEST, f"manifest {path} is not JSON: {exc}", hint=_HINT
             ) from exc
+        except RecursionError:
+            raise ModelPullError(
+                ExitCode.BAD_MANIFEST, f"manifest {path} nests its JSON too deeply", hint=_HINT
+            ) from None
         return _Reader(path).manifest(data)
 
     @classmethod
@@ -197,6 +215,9 @@ class _Reader:
                 hint="use the model-pull that comes with the NixOS modules",
             )
         token_file = self.get(top, "tokenFile", "", str, default=None, nullable=True)
+        root = self.get(top, "root", "", str, default=str(DEFAULT_ROOT))
+        if (why := root_problem(root)) is not None:
+            raise self.fail("root", f"cannot be the state root: {why}")
         models = {
             name: self.model(name, self.obj(spec, f"models.{name}"))
             for name, spec in self.obj(self.get(top, "models", "", dict), "models").items()
@@ -217,7 +238,7 @@ class _Reader:
                     raise self.fail(f"units.{declared.name}.models", f"names {name}, not in models")
         return Manifest(
             path=self.path,
-            root=Path(self.get(top, "root", "", str, default=str(DEFAULT_ROOT))),
+            root=Path(root),
             endpoint=self.get(top, "endpoint", "", str, default=None, nullable=True),
             token_file=Path(token_file) if token_file else None,
             models=models,
@@ -236,23 +257,48 @@ class _Reader:
         )
 
     def model(self, name: str, spec: Mapping[str, Any]) -> DeclaredModel:
-        where = f"models.{name}"
+        where = f"models.{_shown(name)}"
+        if (why := model_name_problem(name)) is not None:
+            raise self.fail(where, f"is not a model name: {why}")
+        repo = self.get(spec, "repo", where, str)
+        if (why := repo_problem(repo)) is not None:
+            raise self.fail(f"{where}.repo", f"is not a repository id: {why}")
+        revision = self.get(spec, "revision", where, str)
+        if not revision or len(revision) > 256 or any(ord(c) < 0x21 for c in revision):
+            raise self.fail(f"{where}.revision", "must be a branch, tag or 40-hex commit")
+        triton_name = self.get(spec, "tritonName", where, str, default=None, nullable=True)
+        if triton_name is not None and (why := validate_triton_name(triton_name)) is not None:
+            raise self.fail(f"{where}.tritonName", f"is not valid: {why}")
+        nar_hash = self.get(spec, "narHash", where, str, default=None, nullable=True)
+        if nar_hash is not None and (why := nar_hash_problem(nar_hash)) is not None:
+            raise self.fail(f"{where}.narHash", f"is not a narHash: {why}")
+        engine_defaults = self.get(spec, "engineDefaults", where, dict, default={})
+        if not json_depth(engine_defaults):
+            raise self.fail(f"{where}.engineDefaults", f"nests deeper than {JSON_MAX_DEPTH}")
+        from model_pull.engine_args import validate_engine_args
+
+        try:
+            validate_engine_args(engine_defaults)
+        except ModelPullError as exc:
+            raise self.fail(f"{where}.engineDefaults", f"is refused: {exc}") from None
         return DeclaredModel(
             name=name,
-            repo=self.get(spec, "repo", where, str),
-            revision=self.get(spec, "revision", where, str),
+            repo=repo,
+            revision=revision,
             include=self.strings(spec, "include", where),
             exclude=self.strings(spec, "exclude", where),
             layout=self.choice(spec, "layout", where, Layout),
-            triton_name=self.get(spec, "tritonName", where, str, default=None, nullable=True),
-            nar_hash=self.get(spec, "narHash", where, str, default=None, nullable=True),
-            engine_defaults=self.get(spec, "engineDefaults", where, dict, default={}),
+            triton_name=triton_name,
+            nar_hash=nar_hash,
+            engine_defaults=engine_defaults,
             patch_tokenizer=self.get(spec, "patchTokenizer", where, bool, default=False),
             units=self.strings(spec, "units", where),
         )
 
     def unit(self, name: str, spec: Mapping[str, Any]) -> DeclaredUnit:
-        where = f"units.{name}"
+        where = f"units.{_shown(name)}"
+        if (why := unit_problem(name)) is not None:
+            raise self.fail(where, f"is not a unit name: {why}")
         return DeclaredUnit(
             name=name,
             runtime=self.choice(spec, "runtime", where, Runtime),
@@ -273,6 +319,12 @@ class _Reader:
         if not sockets or not all(s.endswith(".socket") for s in sockets):
             raise self.fail(f"{where}.sockets", "must name at least one .socket unit")
         return OnDemand(idle_timeout=idle, sockets=sockets)
+
+
+def _shown(name: str) -> str:
+    from model_pull import redact
+
+    return redact.clean(name, 80) if name else "''"
 
 
 def _join(where: str, key: str) -> str:

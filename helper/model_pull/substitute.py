@@ -36,7 +36,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from model_pull import binary_cache, hub, nix, process, pull
+from model_pull import binary_cache, hub, nix, process, pull, redact, safefs
 from model_pull.datamodel import EntryManifest
 from model_pull.errors import ExitCode, ModelPullError
 from model_pull.hashing import NIX_STORE_DIR, NarResult
@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 DOWNLOAD_ATTEMPTS = 3  # Nix retries a transient failure (a timeout, a 5xx) this often in all
 HUB = "pulling from the Hub"
+REASON_MAX = 600  # characters of Nix's reason printed
+TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # never in Nix's environment
 MISS_MARKERS = ("there is no substituter that can build it", "does not exist in binary cache")
 
 
@@ -104,7 +106,7 @@ def substitute(
         ) from exc
     path = f"{NIX_STORE_DIR}/{basename}"
     with root.lock(wait=wait), os_errors("substitute the entry", root.path):
-        if (root.store / basename).is_dir():
+        if safefs.kind(root.store / basename) == "dir":
             present = _already_installed(
                 root, Entry(root.store / basename), repo, revision, options
             )
@@ -126,7 +128,8 @@ def substitute(
                 )
             except _RefusedError as why:
                 prefix = "" if why.miss else "warning: "
-                say(f"{prefix}{name}: {url}: {why.reason}; {then}")
+                # Nix's words may carry what the cache sent: one line, cut, secrets masked.
+                say(f"{prefix}{name}: {url}: {redact.clean(why.reason, REASON_MAX)}; {then}")
                 continue
             say(f"{name}: substituted {path} from {url}")
             return installed
@@ -147,7 +150,9 @@ def _from_cache(
     tmp = Path(tempfile.mkdtemp(prefix=f"{name}.subst.", dir=root.staging))
     try:
         chroot = str(tmp / "store")
-        env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "xdg"), "TMPDIR": str(tmp)}
+        # Nix needs no Hub token: it does not get one (nor could pass one on).
+        env = {k: v for k, v in os.environ.items() if k not in TOKEN_ENV}
+        env.update(XDG_CACHE_HOME=str(tmp / "xdg"), TMPDIR=str(tmp))
         local = binary_cache.StoreUrl.parse(url).local_directory
         if local is not None and not (local / binary_cache.CACHE_INFO).is_file():
             # Nix would create the directory: a cache that is not mounted is not an empty one.
@@ -234,7 +239,13 @@ def _declared(tree: Path, repo: str, revision: str, options: pull.Options) -> En
 def _already_installed(
     root: StateRoot, entry: Entry, repo: str, revision: str, options: pull.Options
 ) -> pull.Installed | None:
-    """The pinned entry is in store/ already (installed by an earlier pull): link it."""
+    """The pinned entry is in store/ already (installed by an earlier pull): link it, when it
+    is as it was installed (a tampered entry is never reused: the cache or the Hub replace it)."""
+    from model_pull.verify import trusted
+
+    if not trusted(root, entry):
+        logger.warning("%s changed since it was installed: not reused", entry.path)
+        return None
     try:
         manifest = _declared(entry.path, repo, revision, options)
     except _RefusedError as why:
