@@ -4,8 +4,8 @@
 
 SPEC is a list of requests: {"port": 11435, "at": 0.5 (seconds after the first), "path":
 "/v1/completions", "body": {...} (POST as JSON; absent: GET), "pause": 0.2 and "read": 4096
-(a slow reader: reads of `read` bytes, `pause` seconds apart; "rcvbuf": its socket's
-receive buffer, so that the kernel does not read ahead for it), "timeout": 120}.
+(a slow reader: reads of `read` bytes, `pause` seconds apart), "hold": "/run/PATH" (a reader
+that reads nothing of the answer until PATH exists), "timeout": 120}.
 Each result: {"status": 200 or null, "error": "ConnectionRefusedError: ..." or null,
 "start"/"end": time.monotonic() of the container, "body": the answer, "chunks": reads of the
 answer}. Standard library only: it runs on any Python in the container.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
+import os
 import sys
 import threading
 import time
@@ -31,12 +31,6 @@ def one(spec: dict[str, Any], t0: float, out: dict[str, Any]) -> None:
         conn = http.client.HTTPConnection(
             "127.0.0.1", int(spec["port"]), timeout=float(spec.get("timeout", 120))
         )
-        if spec.get("rcvbuf"):  # set before connecting: the window is agreed on then
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, int(spec["rcvbuf"]))
-            sock.settimeout(float(spec.get("timeout", 120)))
-            sock.connect(("127.0.0.1", int(spec["port"])))
-            conn.sock = sock
         body = spec.get("body")
         if body is None:
             conn.request("GET", spec.get("path", "/health"))
@@ -47,6 +41,12 @@ def one(spec: dict[str, Any], t0: float, out: dict[str, Any]) -> None:
                 json.dumps(body),
                 {"Content-Type": "application/json"},
             )
+        if spec.get("hold"):
+            deadline = time.monotonic() + float(spec.get("timeout", 120))
+            while not os.path.exists(spec["hold"]):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{spec['hold']} did not appear")
+                time.sleep(0.05)
         response = conn.getresponse()
         out["status"] = response.status
         parts = []

@@ -8,7 +8,7 @@ One container for the whole module; the steps run in order and build on each oth
 3. after idleTimeout without a connection the runtime stops: its process and memory are gone,
    its GPU lock is free, the socket still listens;
 4. concurrent cold requests are all answered by one start;
-5. a streaming request longer than idleTimeout keeps the runtime up;
+5. a stream the runtime is still sending after idleTimeout keeps it up, and arrives whole;
 6. a runtime killed in use takes its proxy along, and the next request starts a new one;
 7. a model llama-server cannot load fails fast (the gate notices), every next request tries
    again until the start limit, and the socket never fails;
@@ -71,9 +71,16 @@ def broken_gguf(base: Path) -> Path:
     return broken
 
 
-# A context long enough for an answer (6000 tokens, ~1.4 MB of events) bigger than what the
-# proxy and the kernel hold between the runtime and a slow reader (~0.5 MB).
+# A context long enough for the long answers of steps 5 and 9.
 MAIN_SHAPE = replace(GGUF_SHAPE, context=8192)
+# Step 5's answer: 3000 tokens with the 100 likeliest tokens of each, ~14 MB of events. That is
+# more than all the buffers between the runtime and a client that reads nothing can hold: the
+# send buffers of the runtime's and of the proxy's socket (each at most tcp_wmem's maximum, 4 MB
+# by default, https://docs.kernel.org/networking/ip-sysctl.html), the proxy's pipe (256 KiB,
+# https://github.com/systemd/systemd/blob/main/src/socket-proxy/socket-proxyd.c) and the receive
+# buffers of the proxy and the client (tcp_rmem's default, 128 KiB: a socket nobody reads from
+# does not grow). The runtime therefore cannot be done sending it before the client reads.
+LONG_ANSWER = {"max_tokens": 3000, "n_probs": 100}
 
 
 def setup_hub(base: Path) -> Any:
@@ -206,6 +213,14 @@ def container_now(w: World) -> datetime:
     return datetime.fromtimestamp(float(w.ct.run(["date", "+%s.%N"]).stdout), UTC)
 
 
+def connections(w: World, pid: str, port: int) -> int:
+    """How many TCP connections to `port` are open in the network namespace of process `pid`
+    (its /proc/PID/net/tcp: state 01 is ESTABLISHED); 0 when the process is gone."""
+    proc = w.ct.run(["cat", f"/proc/{pid}/net/tcp"], check=False)
+    rows = [line.split() for line in proc.stdout.splitlines()[1:]]
+    return sum(r[1].endswith(f":{port:04X}") and r[3] == "01" for r in rows)
+
+
 def rss_kib(w: World, pid: str) -> int:
     return int(w.ct.run(["ps", "-o", "rss=", "-p", pid]).stdout.strip())
 
@@ -291,44 +306,53 @@ def test_4_concurrent_cold_requests_are_answered_by_one_start(world: World) -> N
     assert starts(world, MAIN) == before + 1
 
 
-def test_5_a_streaming_request_keeps_the_runtime_up(world: World) -> None:
+def test_5_a_stream_still_being_sent_keeps_the_runtime_up(world: World) -> None:
     wait_idle(world, MAIN)
     before = starts(world, MAIN)
-    # A long answer read slowly (100 kB/s) through a small receive buffer: the runtime is
-    # still sending it, held back by the reader, long after the idle timeout has passed.
+    # The client sends its request and reads nothing of the answer until told to (`hold`): the
+    # buffers fill, and the runtime is still sending the stream when the idle timeout has passed
+    # twice. (A client that reads slowly proves nothing here: the kernel takes megabytes of an
+    # answer off the runtime's hands, which is then done long before the client is, stops
+    # idleTimeout later, and the client still reads the rest, whole.)
+    go = "/run/on-demand-test-read"
+    world.ct.run(["rm", "-f", go])
     body = {
         "prompt": "Hello",
-        "max_tokens": 6000,
         "ignore_eos": True,
         "temperature": 0,
         "stream": True,
+        **LONG_ANSWER,
     }
-    spec = {"port": PORTS[MAIN], "body": body, "pause": 0.08, "read": 8192, "rcvbuf": 8192}
+    spec = {"port": PORTS[MAIN], "body": body, "hold": go}
     done: list[dict[str, Any]] = []
     reader = threading.Thread(target=lambda: done.extend(requests(world, [spec])))
     reader.start()
     try:
         pid = wait_for(
             lambda: (
-                world.unit(f"{MAIN}.service")["MainPID"] != "0"
-                and world.unit(f"{MAIN}.service")["MainPID"]
+                (u := world.unit(f"{MAIN}.service"))["ActiveState"] == "active" and u["MainPID"]
             ),
             "the runtime to start",
         )
         time.sleep(2 * IDLE)
         midway = world.unit(f"{MAIN}.service")
-        streaming = reader.is_alive()
+        sending = connections(world, pid, PORTS[MAIN])
     finally:
+        world.ct.run(["touch", go])
         reader.join()
     (stream,) = done
-    assert streaming, f"test setup: the stream ended within {2 * IDLE}s; make it longer"
-    assert (midway["ActiveState"], midway["MainPID"]) == ("active", pid), midway
     assert stream["status"] == 200, stream
-    assert stream["body"].rstrip().endswith("data: [DONE]"), stream["body"][-300:]
+    whole = stream["body"].rstrip().endswith("data: [DONE]")
+    assert whole, (len(stream["body"]), stream["error"], stream["body"][-300:], journals(world))
+    assert (midway["ActiveState"], midway["MainPID"]) == ("active", pid), (midway, journals(world))
+    assert sending, (
+        f"test setup: after {2 * IDLE}s the runtime had no connection left; its answer "
+        f"({len(stream['body'])} bytes) fit in the buffers: make it longer"
+    )
     # one start for the whole stream
     assert starts(world, MAIN) == before + 1
     print(
-        f"streamed {len(stream['body'])} bytes in {stream['end'] - stream['start']:.1f}s "
+        f"the runtime was still sending {len(stream['body'])} bytes after {2 * IDLE}s "
         f"with a {IDLE}s idle timeout"
     )
 
