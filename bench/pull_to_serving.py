@@ -26,8 +26,7 @@ import tempfile
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(PROJECT / "tests" / "systemd"), str(PROJECT / "tests"),
-                str(PROJECT / "helper")]
+sys.path[:0] = [str(PROJECT / "tests" / "systemd"), str(PROJECT / "tests"), str(PROJECT / "helper")]
 
 from serving_world import World, package_dir, serving_world  # noqa: E402
 from test_pull_to_serving import (  # noqa: E402
@@ -96,8 +95,9 @@ print(dt)
 
 
 def timed(w: World, code: str, *args: str) -> list[float]:
-    proc = w.ct.run([sys.executable, "-c", code, *args],
-                    env=w.ct.python_env(w.pull_env), timeout=300)
+    proc = w.ct.run(
+        [sys.executable, "-c", code, *args], env=w.ct.python_env(w.pull_env), timeout=300
+    )
     return [float(x) for x in proc.stdout.strip().splitlines()[-1].split()]
 
 
@@ -129,16 +129,21 @@ def main() -> int:
                 own_start.append(timed(w, TIMED_RESTART, "systemctl", UNIT, SOCKET, url)[0])
             noop = [timed(w, TIMED_NOOP)[0] for _ in range(args.runs)]
     a, b = statistics.median(after_pull), statistics.median(own_start)
-    print(json.dumps({
-        "container": "systemd-nspawn, systemd as PID 1, rendered llama-server-main.service "
-                     "(on demand, through its socket)",
-        "restart_after_pull_to_v1_models": summary(after_pull),
-        "restart_after_pull_call_returned": summary(after_pull_returned),
-        "systemctl_restart_to_v1_models": summary(own_start),
-        "added_by_model_pull_s": round(a - b, 4),
-        "noop_model_pull_3_models": summary(noop),
-        "noop_target_s": 0.5,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "container": "systemd-nspawn, systemd as PID 1, rendered llama-server-main.service "
+                "(on demand, through its socket)",
+                "restart_after_pull_to_v1_models": summary(after_pull),
+                "restart_after_pull_call_returned": summary(after_pull_returned),
+                "systemctl_restart_to_v1_models": summary(own_start),
+                "added_by_model_pull_s": round(a - b, 4),
+                "noop_model_pull_3_models": summary(noop),
+                "noop_target_s": 0.5,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -123,22 +123,32 @@ def resolve_hf(model: str, revision: str | None, tokenizer: str | None) -> dict[
     from transformers import AutoConfig, AutoTokenizer
 
     try:
-        folder = snapshot_download(model, allow_patterns=["*.safetensors", "*.bin"],
-                                   revision=revision,
-                                   local_files_only=huggingface_hub.constants.HF_HUB_OFFLINE)
+        folder = snapshot_download(
+            model,
+            allow_patterns=["*.safetensors", "*.bin"],
+            revision=revision,
+            local_files_only=huggingface_hub.constants.HF_HUB_OFFLINE,
+        )
         weights = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
         if not weights:
             raise FileNotFoundError(f"no *.safetensors in {folder}")
         config = AutoConfig.from_pretrained(model, revision=revision)
         tok = AutoTokenizer.from_pretrained(tokenizer or model, revision=revision)
     except Exception as exc:
-        fail(f"{model} does not resolve from HF_HUB_CACHE={os.environ.get('HF_HUB_CACHE')} "
-             f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE')}): {type(exc).__name__}: {exc}")
+        fail(
+            f"{model} does not resolve from HF_HUB_CACHE={os.environ.get('HF_HUB_CACHE')} "
+            f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE')}): {type(exc).__name__}: {exc}"
+        )
     quantization = getattr(config, "quantization_config", None) or {}
-    return {"repo": model, "snapshot": folder, "weights": weights,
-            "model_type": config.model_type, "quant_method": quantization.get("quant_method"),
-            "tokenizer": type(tok).__name__,
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    return {
+        "repo": model,
+        "snapshot": folder,
+        "weights": weights,
+        "model_type": config.model_type,
+        "quant_method": quantization.get("quant_method"),
+        "tokenizer": type(tok).__name__,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
 
 
 # ---- Triton's vLLM backend, replayed ---------------------------------------------------------
@@ -175,18 +185,25 @@ async def load_model(directory: Path, pb2: Any) -> dict[str, Any]:
     from vllm.v1.engine.async_llm import AsyncLLM
 
     config = text_format.Parse((directory / "config.pbtxt").read_text(), pb2.ModelConfig())
-    if config.name == directory.name and config.backend == "python" and \
-            (directory / "1" / "model.yaml").is_file():
+    if (
+        config.name == directory.name
+        and config.backend == "python"
+        and (directory / "1" / "model.yaml").is_file()
+    ):
         return load_llmapi_model(directory)
     if config.name != directory.name or config.backend != "vllm":
         fail(f"{directory}/config.pbtxt: name {config.name!r}, backend {config.backend!r}")
     if not config.model_transaction_policy.decoupled:
-        fail(f"{directory}: vLLM Triton backend must be configured to use decoupled model "
-             "transaction policy")
+        fail(
+            f"{directory}: vLLM Triton backend must be configured to use decoupled model "
+            "transaction policy"
+        )
     model_json = directory / "1" / "model.json"
     engine_config = json.loads(model_json.read_text())
-    if str(engine_config.get("enable_lora", "")).lower() == "true" and \
-            not (directory / "1" / "multi_lora.json").is_file():
+    if (
+        str(engine_config.get("enable_lora", "")).lower() == "true"
+        and not (directory / "1" / "multi_lora.json").is_file()
+    ):
         fail(f"{directory}: enable_lora without 1/multi_lora.json")
     try:
         engine_args = AsyncEngineArgs(**engine_config)
@@ -195,10 +212,13 @@ async def load_model(directory: Path, pb2: Any) -> dict[str, Any]:
     usage = UsageContext.OPENAI_API_SERVER
     vllm_config = engine_args.create_engine_config(usage_context=usage)
     engine = AsyncLLM.from_vllm_config(
-        vllm_config=vllm_config, usage_context=usage, stat_loggers=None,
+        vllm_config=vllm_config,
+        usage_context=usage,
+        stat_loggers=None,
         enable_log_requests=engine_args.enable_log_requests,
         aggregate_engine_logging=engine_args.aggregate_engine_logging,
-        disable_log_stats=engine_args.disable_log_stats)
+        disable_log_stats=engine_args.disable_log_stats,
+    )
     await engine.reset_mm_cache()
     params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
     tokens: list[int] = []
@@ -206,8 +226,13 @@ async def load_model(directory: Path, pb2: Any) -> dict[str, Any]:
         tokens = list(out.outputs[0].token_ids)
     if len(tokens) != 4:
         fail(f"{directory.name}: generated {tokens}, not 4 tokens")
-    return {"name": directory.name, "weights": engine_config.get("model"),
-            "model_json": engine_config, "generated_token_ids": tokens, "engine": engine}
+    return {
+        "name": directory.name,
+        "weights": engine_config.get("model"),
+        "model_json": engine_config,
+        "generated_token_ids": tokens,
+        "engine": engine,
+    }
 
 
 def load_llmapi_model(directory: Path) -> dict[str, Any]:
@@ -235,10 +260,16 @@ def load_llmapi_model(directory: Path) -> dict[str, Any]:
     if unknown:
         fail(f"{model_yaml}: not LLM API arguments: {', '.join(unknown)}")
     if llm.get("backend") != "pytorch":
-        fail(f"{model_yaml}: backend {llm.get('backend')!r}: only the PyTorch backend loads a "
-             "checkpoint (the TensorRT engine backend needs an engine)")
-    return {"name": directory.name, "backend": "tensorrtllm", "model_yaml": config,
-            "checkpoint": read_checkpoint(str(llm.get("model")))}
+        fail(
+            f"{model_yaml}: backend {llm.get('backend')!r}: only the PyTorch backend loads a "
+            "checkpoint (the TensorRT engine backend needs an engine)"
+        )
+    return {
+        "name": directory.name,
+        "backend": "tensorrtllm",
+        "model_yaml": config,
+        "checkpoint": read_checkpoint(str(llm.get("model"))),
+    }
 
 
 async def triton(argv: list[str]) -> None:
@@ -251,17 +282,26 @@ async def triton(argv: list[str]) -> None:
             fail(f"no model in the repository {repository}")
         for d in dirs:
             models.append(await load_model(d, pb2))
-    info = {"runtime": "triton", "models": [{k: v for k, v in m.items() if k != "engine"}
-                                            for m in models]}
-    threading.Thread(target=serve, args=(args.http_address, args.http_port, info),
-                     daemon=True).start()
+    info = {
+        "runtime": "triton",
+        "models": [{k: v for k, v in m.items() if k != "engine"} for m in models],
+    }
+    threading.Thread(
+        target=serve, args=(args.http_address, args.http_port, info), daemon=True
+    ).start()
     await asyncio.Event().wait()  # the engines stay up until the unit is stopped
 
 
 # ---- TensorRT-LLM's trtllm-serve, parsed by a stand-in -----------------------------------------
 
-CACHE_VARS = ("HOME", "XDG_CACHE_HOME", "HF_HOME", "FLASHINFER_WORKSPACE_BASE",
-              "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+CACHE_VARS = (
+    "HOME",
+    "XDG_CACHE_HOME",
+    "HF_HOME",
+    "FLASHINFER_WORKSPACE_BASE",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "TRITON_CACHE_DIR",
+)
 
 
 def writable_caches() -> dict[str, str]:
@@ -305,11 +345,16 @@ def read_checkpoint(model: str) -> dict[str, Any]:
         tok = AutoTokenizer.from_pretrained(str(folder))
     except Exception as exc:
         fail(f"the tokenizer of {model} does not load: {type(exc).__name__}: {exc}")
-    return {"path": model, "realpath": os.path.realpath(model),
-            "model_type": config.get("model_type"), "quantization": quant,
-            "weights": [w.name for w in weights], "tensors": tensors,
-            "tokenizer": type(tok).__name__,
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    return {
+        "path": model,
+        "realpath": os.path.realpath(model),
+        "model_type": config.get("model_type"),
+        "quantization": quant,
+        "weights": [w.name for w in weights],
+        "tensors": tensors,
+        "tokenizer": type(tok).__name__,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
 
 
 def trtllm(argv: list[str]) -> None:
@@ -320,8 +365,12 @@ def trtllm(argv: list[str]) -> None:
     except RefusedError as exc:
         fail(f"trtllm-serve would refuse its command line: {exc}")
     args = json.loads(json.dumps(parsed, default=str))
-    info = {"runtime": "trtllm", "args": args, "model": read_checkpoint(parsed["model"]),
-            "caches": writable_caches()}
+    info = {
+        "runtime": "trtllm",
+        "args": args,
+        "model": read_checkpoint(parsed["model"]),
+        "caches": writable_caches(),
+    }
     serve(parsed["host"], parsed["port"], info)
 
 
@@ -368,8 +417,10 @@ def parse_all(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main(argv: list[str]) -> None:
     if not argv:
-        fail("usage: runtime_probe.py parse vllm|sglang ARGS... | sglang ARGS... | triton ARGS... "
-             "| trtllm ARGS...")
+        fail(
+            "usage: runtime_probe.py parse vllm|sglang ARGS... | sglang ARGS... | triton ARGS... "
+            "| trtllm ARGS..."
+        )
     mode, args = argv[0], argv[1:]
     if mode == "parse":
         runtime, rest = (args[0], args[1:]) if args else ("", [])
@@ -380,24 +431,46 @@ def main(argv: list[str]) -> None:
     elif mode == "parse-all":
         print(json.dumps(parse_all(json.load(sys.stdin))), flush=True)
     elif mode == "sglang":
-        print(BANNER.format("SGLANG", "SGLang's engine needs CUDA; this runs its argument parser "
-                            "and resolves the model as SGLang does"), file=sys.stderr, flush=True)
+        print(
+            BANNER.format(
+                "SGLANG",
+                "SGLang's engine needs CUDA; this runs its argument parser "
+                "and resolves the model as SGLang does",
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
         if args[:2] != ["-m", "sglang.launch_server"]:
             fail(f"expected 'python -m sglang.launch_server ...', got {args}")
         parsed = parse_sglang(args[2:])
-        info = {"runtime": "sglang", "args": plain(parsed),
-                "model": resolve_hf(parsed.model_path, parsed.revision, parsed.tokenizer_path)}
+        info = {
+            "runtime": "sglang",
+            "args": plain(parsed),
+            "model": resolve_hf(parsed.model_path, parsed.revision, parsed.tokenizer_path),
+        }
         serve(parsed.host, parsed.port, info)
     elif mode == "trtllm":
-        print(BANNER.format("TENSORRT-LLM", "no importable TensorRT-LLM here; this runs a "
-                            "stand-in of trtllm-serve's parser and reads the checkpoint"),
-              file=sys.stderr, flush=True)
+        print(
+            BANNER.format(
+                "TENSORRT-LLM",
+                "no importable TensorRT-LLM here; this runs a "
+                "stand-in of trtllm-serve's parser and reads the checkpoint",
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
         trtllm(args)
     elif mode == "triton":
-        print(BANNER.format("TRITON INFERENCE SERVER", "no registry ships it; this loads each "
-                            "model as Triton's vLLM backend does, with the real vLLM, or as "
-                            "TensorRT-LLM's LLM API model reads it"),
-              file=sys.stderr, flush=True)
+        print(
+            BANNER.format(
+                "TRITON INFERENCE SERVER",
+                "no registry ships it; this loads each "
+                "model as Triton's vLLM backend does, with the real vLLM, or as "
+                "TensorRT-LLM's LLM API model reads it",
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
         asyncio.run(triton(args))
     else:
         fail(f"unknown mode {mode!r}")

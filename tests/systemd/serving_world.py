@@ -58,8 +58,12 @@ STATE_ROOT = "/var/lib/inference"
 MANIFEST = "/etc/inference/models.json"
 HUB_PORT = 18990
 HUB_URL = f"http://127.0.0.1:{HUB_PORT}"
-SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" \
+SITE = (
+    Path(sys.prefix)
+    / "lib"
+    / f"python{sys.version_info[0]}.{sys.version_info[1]}"
     / "site-packages"
+)
 # Where the probe's code is bound inside the container: outside /tmp and /root, which the
 # units' own PrivateTmp and ProtectHome hide (a checkout or venv may live in either). The
 # test venv's site-packages bring tritonclient's ModelConfig for the Triton probe, and with the
@@ -118,8 +122,9 @@ class World:
             time.sleep(0.2)
         return True
 
-    def wait_serving(self, unit: str, url: str, payload: str | None = None,
-                     timeout: float = 900) -> tuple[int, str]:
+    def wait_serving(
+        self, unit: str, url: str, payload: str | None = None, timeout: float = 900
+    ) -> tuple[int, str]:
         """GET url (POST payload as JSON) from inside the container until it answers 200;
         gives up at once when the unit fails or restarts (a crash while loading)."""
         code = (
@@ -146,23 +151,37 @@ class World:
             "        print(0); print(unit, 'failed:', state); break\n"
             "    time.sleep(0.5)\n"
         )
-        proc = self.ct.run([sys.executable, "-c", code, unit, url, str(timeout)],
-                           input=payload or "", env=self.ct.python_env(),
-                           timeout=timeout + 120, check=False)
+        proc = self.ct.run(
+            [sys.executable, "-c", code, unit, url, str(timeout)],
+            input=payload or "",
+            env=self.ct.python_env(),
+            timeout=timeout + 120,
+            check=False,
+        )
         status, _, body = proc.stdout.partition("\n")
         if proc.returncode != 0 or status != "200":
-            raise AssertionError(f"{unit} does not serve {url}: {proc.stdout}{proc.stderr}\n"
-                                 f"{self.ct.journal(unit, lines=60)}")
+            raise AssertionError(
+                f"{unit} does not serve {url}: {proc.stdout}{proc.stderr}\n"
+                f"{self.ct.journal(unit, lines=60)}"
+            )
         return int(status), body
 
     def complete(self, unit: str, port: int, model: str, timeout: float = 900) -> dict[str, Any]:
         """The first completion of 6 tokens the unit's server answers on `port` (OpenAI
         /v1/completions), polled until it does: a unit is ready when it completes, not when it
         lists its models (vLLM lists a model whose first completion kills the engine)."""
-        payload = json.dumps({"model": model, "prompt": "Hello", "max_tokens": 6,
-                              "ignore_eos": True, "temperature": 0})
-        _, body = self.wait_serving(unit, f"http://127.0.0.1:{port}/v1/completions", payload,
-                                    timeout)
+        payload = json.dumps(
+            {
+                "model": model,
+                "prompt": "Hello",
+                "max_tokens": 6,
+                "ignore_eos": True,
+                "temperature": 0,
+            }
+        )
+        _, body = self.wait_serving(
+            unit, f"http://127.0.0.1:{port}/v1/completions", payload, timeout
+        )
         answer: dict[str, Any] = json.loads(body)
         return answer
 
@@ -195,8 +214,11 @@ class World:
 
     def alive(self, pids: list[int]) -> list[int]:
         """Which of these container PIDs still exist."""
-        return [p for p in pids
-                if self.ct.run(["test", "-d", f"/proc/{p}"], check=False).returncode == 0]
+        return [
+            p
+            for p in pids
+            if self.ct.run(["test", "-d", f"/proc/{p}"], check=False).returncode == 0
+        ]
 
     def link(self, name: str) -> str:
         """Where models/<name> points (relative), or '' when absent."""
@@ -241,11 +263,16 @@ def links_package(base: Path, name: str, programs: Mapping[str, str]) -> Path:
 
 def _debian_programs(package: str) -> dict[str, str]:
     """{name: path} of the programs a Debian package installs in /usr/bin, /bin, /usr/sbin."""
-    listing = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True,
-                             check=True).stdout.splitlines()
-    return {Path(p).name: p for p in listing
-            if str(Path(p).parent) in ("/usr/bin", "/bin", "/usr/sbin", "/sbin")
-            and os.access(p, os.X_OK) and not Path(p).is_dir()}
+    listing = subprocess.run(
+        ["dpkg", "-L", package], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    return {
+        Path(p).name: p
+        for p in listing
+        if str(Path(p).parent) in ("/usr/bin", "/bin", "/usr/sbin", "/sbin")
+        and os.access(p, os.X_OK)
+        and not Path(p).is_dir()
+    }
 
 
 def systemd_package(base: Path) -> Path:
@@ -254,17 +281,23 @@ def systemd_package(base: Path) -> Path:
     pkg = base / "path-systemd"
     if not pkg.exists():
         links_package(base, "path-systemd", _debian_programs("systemd"))
-        package_dir(base, "path-systemd", {
-            "lib/systemd/systemd-socket-proxyd": Path("/usr/lib/systemd/systemd-socket-proxyd"),
-        })
+        package_dir(
+            base,
+            "path-systemd",
+            {
+                "lib/systemd/systemd-socket-proxyd": Path("/usr/lib/systemd/systemd-socket-proxyd"),
+            },
+        )
     return pkg
 
 
 def path_packages(base: Path) -> dict[str, Path]:
     """Store path -> host directory, for every package on the units' PATH (golden.json)."""
     packages = load_golden()["packages"]
-    out = {packages[name]: links_package(base, f"path-{name}", _debian_programs(debian))
-           for name, debian in PATH_PACKAGES.items()}
+    out = {
+        packages[name]: links_package(base, f"path-{name}", _debian_programs(debian))
+        for name, debian in PATH_PACKAGES.items()
+    }
     out[packages["systemd"]] = systemd_package(base)
     cc = {p: shutil.which(p) for p in CC_PROGRAMS}
     missing = [p for p, target in cc.items() if target is None]
@@ -292,9 +325,14 @@ def runtime_binds() -> list[tuple[str, str, bool]]:
 def vllm_package(base: Path) -> Path:
     """`bin/vllm` of the CPU build: the venv's interpreter on vLLM's CLI (the console script
     would name the venv's path on the host, which ProtectHome hides)."""
-    return package_dir(base, "vllm", {
-        "bin/vllm": f"#!/bin/sh\nexec {VLLM_VENV_DIR}/bin/python -m vllm.entrypoints.cli.main "
-                    '"$@"\n'})
+    return package_dir(
+        base,
+        "vllm",
+        {
+            "bin/vllm": f"#!/bin/sh\nexec {VLLM_VENV_DIR}/bin/python -m vllm.entrypoints.cli.main "
+            '"$@"\n'
+        },
+    )
 
 
 def probe(runtime: str) -> str:
@@ -302,11 +340,13 @@ def probe(runtime: str) -> str:
     `trtllm-serve`: runs tests/systemd/runtime_probe.py on the vLLM venv's interpreter, which
     says loudly that it is a probe; SGLang's code, tritonclient's protobuf module and
     trtllm-serve's option list come from PROBE_ROOT."""
-    return (f"#!/bin/sh\n# TEST PROBE standing in for {runtime}; NOT {runtime}\n"
-            f"exec env PYTHONPATH={SGLANG_DIR} "
-            f"PROBE_TRITONCLIENT={PROBE_ROOT}/site-packages/tritonclient "
-            f"TRTLLM_SERVE_ARGS={PROBE_ROOT}/args/trtllm.json "
-            f"{VLLM_VENV_DIR}/bin/python {PROBE_ROOT}/probe/runtime_probe.py {runtime} \"$@\"\n")
+    return (
+        f"#!/bin/sh\n# TEST PROBE standing in for {runtime}; NOT {runtime}\n"
+        f"exec env PYTHONPATH={SGLANG_DIR} "
+        f"PROBE_TRITONCLIENT={PROBE_ROOT}/site-packages/tritonclient "
+        f"TRTLLM_SERVE_ARGS={PROBE_ROOT}/args/trtllm.json "
+        f'{VLLM_VENV_DIR}/bin/python {PROBE_ROOT}/probe/runtime_probe.py {runtime} "$@"\n'
+    )
 
 
 def system_tools(base: Path, host: str) -> dict[str, Path]:
@@ -321,7 +361,8 @@ def system_tools(base: Path, host: str) -> dict[str, Path]:
         tools[golden["packages"]["systemd"]] = systemd_package(base)
     if golden["packages"]["util-linux"] in used:
         tools[golden["packages"]["util-linux"]] = package_dir(
-            base, "util-linux", {"bin/flock": Path("/usr/bin/flock")})
+            base, "util-linux", {"bin/flock": Path("/usr/bin/flock")}
+        )
     for path in sorted(p for p in used if p.endswith("-inference-on-demand")):
         script = (PROJECT / "nixos" / "on-demand.sh").read_text()
         tools[path] = shell_application(base, "inference-on-demand", script, [])
@@ -332,8 +373,10 @@ def placeholder(runtime: str, where: str) -> str:
     """A program that stays up and does nothing, for a test about something else than the
     runtime (that a unit is started); says so on stderr. `where` names the test that runs the
     real runtime, or its probe."""
-    return (f"#!/bin/sh\necho 'PLACEHOLDER for {runtime}, NOT {runtime}: this test only checks "
-            f"that the unit is started; {where} runs it' >&2\nexec /bin/sleep infinity\n")
+    return (
+        f"#!/bin/sh\necho 'PLACEHOLDER for {runtime}, NOT {runtime}: this test only checks "
+        f"that the unit is started; {where} runs it' >&2\nexec /bin/sleep infinity\n"
+    )
 
 
 def cpu_dropin(host: str, unit: str) -> str:
@@ -397,9 +440,12 @@ def serving_world(
     state = base / "state"
     state.mkdir(exist_ok=True)
     state.chmod(0o755)  # tmpfiles: d /var/lib/inference 0755 root root
-    all_binds: list[tuple[str, str, bool]] = [(str(base), str(base), False),
-                                              (str(state), STATE_ROOT, False), *PROBE_BINDS,
-                                              *(binds or [])]
+    all_binds: list[tuple[str, str, bool]] = [
+        (str(base), str(base), False),
+        (str(state), STATE_ROOT, False),
+        *PROBE_BINDS,
+        *(binds or []),
+    ]
     packages = {**system_tools(base, host), **packages}
     for pkg, host_path in packages.items():
         store_path = golden["packages"].get(pkg, pkg)
@@ -408,8 +454,18 @@ def serving_world(
         for user, spec in host_data["users"].items():
             assert spec["isSystemUser"], spec
             ct.run(["groupadd", "--system", spec["group"]])
-            ct.run(["useradd", "--system", "--gid", spec["group"], "--no-create-home",
-                    "--shell", "/usr/sbin/nologin", user])
+            ct.run(
+                [
+                    "useradd",
+                    "--system",
+                    "--gid",
+                    spec["group"],
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    user,
+                ]
+            )
         # systemd.tmpfiles.rules, as systemd-tmpfiles-setup.service applies them at boot
         ct.write_file("/etc/tmpfiles.d/inference.conf", "\n".join(host_data["tmpfiles"]) + "\n")
         ct.run(["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/inference.conf"])
@@ -417,15 +473,23 @@ def serving_world(
         for model, revision in (revisions or {}).items():
             manifest["models"][model]["revision"] = revision
         ct.write_file(MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        ct.start_service("devhub.service",
-                         [sys.executable, str(PROJECT / "tests/loopback_hub.py"), "serve",
-                          str(hub.data_dir),
-                          "--port", str(HUB_PORT)],
-                         env=ct.python_env())
+        ct.start_service(
+            "devhub.service",
+            [
+                sys.executable,
+                str(PROJECT / "tests/loopback_hub.py"),
+                "serve",
+                str(hub.data_dir),
+                "--port",
+                str(HUB_PORT),
+            ],
+            env=ct.python_env(),
+        )
         # any HTTP answer means it listens (wait_http retries while the port is closed)
         status, body = ct.wait_http(f"{HUB_URL}/api/models/up/probe", timeout=30)
-        assert status in (200, 404), f"devhub did not come up: {status} {body}\n" + \
-            ct.journal("devhub.service")
+        assert status in (200, 404), f"devhub did not come up: {status} {body}\n" + ct.journal(
+            "devhub.service"
+        )
         for unit in host_data["units"]:
             if unit == "model-pull.service":
                 continue  # the boot-time pull; the tests run model-pull themselves

@@ -59,6 +59,7 @@ def setup_hub(base: Path) -> object:
         draft = write_tiny_gguf(base / "draft.gguf", seed=2, shape=DRAFT_GGUF_SHAPE)
         hub.add_repo(DRAFT_REPO, {DRAFT_FILE: draft})
         hub.add_repo(CODER_REPO, {CODER_FILE: write_tiny_gguf(base / "coder.gguf", seed=5)})
+
     return setup
 
 
@@ -89,9 +90,10 @@ def serves(w: World) -> list[str]:
     status, body = w.ct.wait_http(f"http://127.0.0.1:{PORT}/v1/models")
     assert status == 200, body
     ids = [m["id"] for m in json.loads(body)["data"]]
-    status, body = w.ct.post_json(f"http://127.0.0.1:{PORT}/v1/completions",
-                                  json.dumps({"prompt": "Hello", "max_tokens": 6,
-                                              "ignore_eos": True, "temperature": 0}))
+    status, body = w.ct.post_json(
+        f"http://127.0.0.1:{PORT}/v1/completions",
+        json.dumps({"prompt": "Hello", "max_tokens": 6, "ignore_eos": True, "temperature": 0}),
+    )
     assert status == 200, body
     answer = json.loads(body)
     assert answer["usage"]["completion_tokens"] == 6, answer
@@ -108,8 +110,8 @@ def served_entry(w: World, pid: str) -> str:
 
 def refused(w: World) -> bool:
     probe = w.ct.python(
-        "import socket\n"
-        f"socket.create_connection(('127.0.0.1', {PORT}), timeout=5)\n", check=False)
+        f"import socket\nsocket.create_connection(('127.0.0.1', {PORT}), timeout=5)\n", check=False
+    )
     return "ConnectionRefusedError" in probe.stderr
 
 
@@ -133,10 +135,13 @@ def test_2_model_pull_installs_and_the_unit_serves(world: World) -> None:
     assert world.unit(UNIT)["ActiveState"] == "inactive"  # the first request starts it
     assert serves(world) == [MAIN_GGUF]
     state = world.unit(UNIT)
-    assert (state["ActiveState"], state["SubState"]) == ("active", "running"), \
+    assert (state["ActiveState"], state["SubState"]) == ("active", "running"), (
         f"{state}\n{world.ct.journal(UNIT)}"
-    assert served_entry(world, state["MainPID"]) == \
-        f"/var/lib/inference/store/{Path(world.link(MAIN)).name}"
+    )
+    assert (
+        served_entry(world, state["MainPID"])
+        == f"/var/lib/inference/store/{Path(world.link(MAIN)).name}"
+    )
 
 
 def test_3_stopped_stays_stopped_across_a_pull_with_nothing_new(world: World) -> None:
@@ -163,14 +168,18 @@ def test_4_killed_pull_changes_nothing_and_the_next_one_restarts(world: World) -
     add_main(world.hub, world.base, seed=3)
     # ~0.6 MB at 20 kB/s: half a minute of download to be killed in
     world.hub.inject(MAIN_REPO, MAIN_FILE, throttle_bps=20_000)
-    world.ct.start_service("killed-pull.service",
-                           [sys.executable, "-m", "model_pull", "-v"],
-                           env=world.ct.python_env(world.pull_env))
+    world.ct.start_service(
+        "killed-pull.service",
+        [sys.executable, "-m", "model_pull", "-v"],
+        env=world.ct.python_env(world.pull_env),
+    )
     cache = world.state / "cache"
     wait_for(lambda: any(cache.rglob("*.incomplete")), "the download to start")
     world.ct.run(["systemctl", "kill", "--signal=SIGKILL", "killed-pull.service"])
-    wait_for(lambda: world.unit("killed-pull.service")["ActiveState"] in ("inactive", "failed"),
-             "the killed pull to be gone")
+    wait_for(
+        lambda: world.unit("killed-pull.service")["ActiveState"] in ("inactive", "failed"),
+        "the killed pull to be gone",
+    )
     assert "installed" not in world.ct.journal("killed-pull.service")
 
     after = world.unit(UNIT)
@@ -187,8 +196,10 @@ def test_4_killed_pull_changes_nothing_and_the_next_one_restarts(world: World) -
     assert restarted["MainPID"] != before["MainPID"]
     assert world.link(MAIN) != link
     serves(world)
-    assert served_entry(world, restarted["MainPID"]) == \
-        f"/var/lib/inference/store/{Path(world.link(MAIN)).name}"
+    assert (
+        served_entry(world, restarted["MainPID"])
+        == f"/var/lib/inference/store/{Path(world.link(MAIN)).name}"
+    )
 
 
 def test_5_corrupt_download_is_refused_and_the_unit_keeps_serving(world: World) -> None:

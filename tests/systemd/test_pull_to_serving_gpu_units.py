@@ -69,18 +69,28 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     pkgs: dict[str, Path] = {
         "vllm": vllm_package(base),
         "triton-inference-server": package_dir(
-            base, "triton", {"bin/tritonserver": probe("triton")}),
+            base, "triton", {"bin/tritonserver": probe("triton")}
+        ),
         "sglang-env": package_dir(base, "sglang-env", {"bin/python": probe("sglang")}),
         **path_packages(base),
     }
     (assemble,) = [p for p in store_paths(render(HOST, TRITON)) if p.endswith("-triton-assemble")]
     pkgs[assemble] = shell_application(
-        base, "triton-assemble", (PROJECT / "nixos" / "triton-assemble.sh").read_text(),
-        [golden["packages"]["coreutils"], golden["packages"]["jq"]])
+        base,
+        "triton-assemble",
+        (PROJECT / "nixos" / "triton-assemble.sh").read_text(),
+        [golden["packages"]["coreutils"], golden["packages"]["jq"]],
+    )
     dropins = {unit: cpu_dropin(HOST, unit) for unit in (VLLM, TRITON)}
     # the declared revision is a commit of the real repo; the loopback Hub has the tiny one
-    with serving_world(base, HOST, pkgs, revisions={MODEL: commit}, dropins=dropins,
-                       binds=[*runtime_binds(), *cpu_tools(base)]) as w:
+    with serving_world(
+        base,
+        HOST,
+        pkgs,
+        revisions={MODEL: commit},
+        dropins=dropins,
+        binds=[*runtime_binds(), *cpu_tools(base)],
+    ) as w:
         yield w
 
 
@@ -120,14 +130,18 @@ def test_3_vllm_completes_with_the_served_name(world: World) -> None:
     assert world.unit(VLLM)["NRestarts"] == "0"
     # the kernels it compiled at start run from the unit's CacheDirectory (not noexec)
     cache = "/var/cache/inference/vllm-qwen/"
-    maps = [world.ct.run(["cat", f"/proc/{pid}/maps"], check=False).stdout
-            for pid in world.unit_processes(VLLM)]
-    assert any(" r-xp " in line and cache in line
-               for m in maps for line in m.splitlines()), "no code mapped from " + cache
+    maps = [
+        world.ct.run(["cat", f"/proc/{pid}/maps"], check=False).stdout
+        for pid in world.unit_processes(VLLM)
+    ]
+    assert any(" r-xp " in line and cache in line for m in maps for line in m.splitlines()), (
+        "no code mapped from " + cache
+    )
 
 
 def test_4_triton_loads_the_assembled_repository_through_the_vllm_backend_path(
-        world: World) -> None:
+    world: World,
+) -> None:
     _, body = world.wait_serving(TRITON, f"http://127.0.0.1:{PORTS[TRITON]}/")
     assert world.wait_journal(TRITON, "THIS IS A TEST PROBE, NOT TRITON INFERENCE SERVER")
     info = json.loads(body)
@@ -136,8 +150,12 @@ def test_4_triton_loads_the_assembled_repository_through_the_vllm_backend_path(
     assert len(model["generated_token_ids"]) == 4
     assert model["weights"].startswith(entry(world) + "/share/models/qwen3_5_2b/"), model
     # the entry's model-defaults.json with the unit's override on top
-    assert model["model_json"] == {"dtype": "auto", "gpu_memory_utilization": 0.3,
-                                   "max_model_len": 4096, "model": model["weights"]}
+    assert model["model_json"] == {
+        "dtype": "auto",
+        "gpu_memory_utilization": 0.3,
+        "max_model_len": 4096,
+        "model": model["weights"],
+    }
 
 
 def test_5_sglang_parses_its_command_line_and_resolves_the_model(world: World) -> None:
@@ -146,8 +164,11 @@ def test_5_sglang_parses_its_command_line_and_resolves_the_model(world: World) -
     info = json.loads(body)
     args, model = info["args"], info["model"]
     assert (args["model_path"], args["served_model_name"]) == (REPO, SERVED)
-    assert (args["mem_fraction_static"], args["context_length"], args["enable_metrics"]) == \
-        (0.3, 4096, True)
+    assert (args["mem_fraction_static"], args["context_length"], args["enable_metrics"]) == (
+        0.3,
+        4096,
+        True,
+    )
     assert (model["repo"], model["model_type"]) == (REPO, "llama")
     snapshot = world.ct.run(["readlink", "-e", model["snapshot"]]).stdout.strip()
     assert snapshot.startswith(entry(world) + "/"), snapshot

@@ -48,8 +48,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     # the host pins the branch "main", which the loopback Hub has: no revision to substitute
     DevHub(base / "hub").add_repo(REPO, tiny_llama_files(seed=6, quantization="fp8"))
     pkgs: dict[str, Path] = {"vllm": vllm_package(base), **path_packages(base)}
-    with serving_world(base, HOST, pkgs, dropins={UNIT: cpu_dropin(HOST, UNIT)},
-                       binds=[*runtime_binds(), *cpu_tools(base)]) as w:
+    with serving_world(
+        base,
+        HOST,
+        pkgs,
+        dropins={UNIT: cpu_dropin(HOST, UNIT)},
+        binds=[*runtime_binds(), *cpu_tools(base)],
+    ) as w:
         yield w
 
 
@@ -67,8 +72,9 @@ def test_2_fp8_model_is_pulled_without_a_gpu_and_vllm_serves_it(world: World) ->
     assert f"warning: {MODEL}:" in out and "packaging without a GPU check" in out, out
     entry = f"/var/lib/inference/store/{Path(world.link(MODEL)).name}"
     # layout hf: the HF cache tree only
-    assert sorted(p.name for p in (world.state / "store" / Path(entry).name / "share" / "models")
-                  .iterdir()) == ["hub"]
+    assert sorted(
+        p.name for p in (world.state / "store" / Path(entry).name / "share" / "models").iterdir()
+    ) == ["hub"]
 
     answer = world.complete(UNIT, 8000, SERVED)  # the unit listens on 0.0.0.0:8000
     assert answer["model"] == SERVED and answer["usage"]["completion_tokens"] == 6, answer
