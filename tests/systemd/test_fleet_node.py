@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,8 @@ from real_runtimes import llama_server_binary
 sys.path.insert(0, str(PROJECT / "tests" / "nix"))
 from render_units import load_golden, render, render_unit, store_paths
 
+from test_nixos_eval import evaluate as evaluate_config
+
 pytestmark = [pytest.mark.systemd, pytest.mark.slow, pytest.mark.nixlib]
 
 NIXPKGS_LIB = os.environ.get("NIXPKGS_LIB", "")
@@ -47,20 +48,8 @@ PORT = 18182
 
 
 def evaluate(module: str, tmp_path: Path) -> dict[str, Any]:
-    expr = (
-        f"(import {PROJECT}/tests/nix/eval.nix {{ nixpkgsLib = "
-        f"{Path(NIXPKGS_LIB).resolve()}; }}).evalConfig ({module})"
-    )
-    env = {**os.environ, "NIX_STATE_DIR": str(tmp_path / "nix-state")}
-    p = subprocess.run(
-        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert p.returncode == 0, p.stderr
-    result: dict[str, Any] = json.loads(p.stdout)
+    """The NixOS configuration of `module`, which must pass every assertion."""
+    result = evaluate_config(module, tmp_path)
     assert result["assertions"] == [], result["assertions"]
     return result
 
