@@ -9,7 +9,8 @@ With a throttle of 64 MB/s per connection (what a CDN or a mirror allows one con
    logs it with -v): under 0.3 s, the same for both sizes.
 Unthrottled (CPU-bound on a small machine):
 4. one 1 GiB file and four shards: model-pull fetch / hf download (<= 1.0).
-Peak RSS of every run (getrusage of a wrapper process: the run's own peak).
+Peak RSS of every run (getrusage of a wrapper process: the run's own peak), and for model-pull the
+most connections it opened (it adds them only while they bring more bytes per second).
 
     .venv/bin/python bench/line_rate.py [--gib 1] [--tail-gib 4] [--runs 3] [--mbps 64]
 """
@@ -37,6 +38,7 @@ from model_pull.tinymodels import synthetic_weights, tiny_llama_files  # noqa: E
 
 VENV_BIN = Path(sys.executable).parent
 TAIL_RE = re.compile(r"switched ([0-9.]+) s after the last byte arrived")
+CONNECTIONS_RE = re.compile(r"\(up to ([0-9]+) connections\)")
 _PROBE = (
     "import json, resource, subprocess, sys, time; t = time.perf_counter(); "
     "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
@@ -55,10 +57,12 @@ def measured(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
     if code != 0:
         raise RuntimeError(f"{argv[:4]} -> {code}: {stderr[-2000:]}")
     tail = TAIL_RE.search(stderr)
+    connections = CONNECTIONS_RE.search(stderr)
     return {
         "s": round(secs, 3),
         "rss_mib": round(rss / (1 << 20), 1),
         "tail_s": float(tail.group(1)) if tail else None,
+        "connections": int(connections.group(1)) if connections else None,
     }
 
 

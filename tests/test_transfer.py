@@ -11,6 +11,7 @@ import http.server
 import os
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -184,3 +185,85 @@ def test_per_file_hashes_in_the_nar_read_cover_every_chunk(tmp_path: Path) -> No
         rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()
     }
     assert nar == nar_hash(tmp_path)  # the per-file hashers do not change the NAR hash
+
+
+# --- how many connections: as many as pay -------------------------------------------------
+
+BIG = os.urandom(40 << 20)
+BIG_RANGE = 1 << 20
+
+
+class _Pace:
+    """Bytes per second for one connection, or shared by all (a saturated link)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.lock = threading.Lock()
+        self.free_at = 0.0
+
+    def take(self, n: int) -> None:
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.free_at)
+            self.free_at = start + n / self.rate
+        time.sleep(max(0.0, self.free_at - now))
+
+
+class _Throttled(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    per_connection: float | None = None
+    link: _Pace | None = None
+
+    def do_GET(self) -> None:
+        a, _, b = str(self.headers["Range"]).removeprefix("bytes=").partition("-")
+        body = memoryview(BIG)[int(a) : int(b) + 1]
+        self.send_response(206)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Range", f"bytes {a}-{b}/{len(BIG)}")
+        self.end_headers()
+        own = _Pace(self.per_connection) if self.per_connection else None
+        for i in range(0, len(body), 64 << 10):
+            piece = body[i : i + (64 << 10)]
+            for pace in (own, self.link):
+                if pace is not None:
+                    pace.take(len(piece))
+            self.wfile.write(piece)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _download_while_hashing(tmp_path: Path, handler: type[_Throttled]) -> transfer.Transfer:
+    """Up to 16 connections to `handler`'s server, hashed while it arrives (as pull.py does)."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        part = transfer.Part(tmp_path, "big", len(BIG), BIG_RANGE)
+        part.open()
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/big"
+        job = transfer.Job("big", len(BIG), url, {}, part)
+        run = transfer.Transfer([job], 16, lead=transfer.LEAD)
+        with transfer.running(run):
+            sha256, _ = file_hashes(job.reader(run.cancel), job.size)
+            run.wait()
+        part.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert sha256 == hashlib.sha256(BIG).hexdigest()
+    return run
+
+
+def test_connections_are_added_while_each_brings_its_share(tmp_path):
+    """A server that gives each connection 4 MB/s (as a CDN limits each): every doubling
+    doubles the bytes per second, so the download goes up to all 16 connections."""
+    handler = type("PerConnection", (_Throttled,), {"per_connection": 4e6})
+    assert _download_while_hashing(tmp_path, handler).peak == 16
+
+
+def test_a_saturated_link_is_not_given_more_connections(tmp_path):
+    """16 MB/s shared by every connection (the link, or the CPU, is the limit): a doubling
+    brings nothing and is undone; the download never opens all 16 connections."""
+    handler = type("Saturated", (_Throttled,), {"link": _Pace(16e6)})
+    run = _download_while_hashing(tmp_path, handler)
+    assert run.peak <= 8

@@ -123,7 +123,8 @@ def _pull_options(f: Any) -> Any:
             type=click.IntRange(1, 128),
             default=None,
             envvar="MODEL_PULL_CONNECTIONS",
-            help="Connections a download uses (HTTP range requests; default 20).",
+            help="Most connections a download uses (HTTP range requests; default 20; it opens "
+            "more only while they bring more bytes per second).",
         ),
         click.option(
             "--store",

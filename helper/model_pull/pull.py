@@ -496,7 +496,12 @@ def _run_jobs(
                 staging, spec, placed, expected, progress, source=_growing(jobs, run)
             )
             run.wait()
-        logger.info("downloaded and hashed %d bytes in %.2f s", nar.size, time.monotonic() - t0)
+        logger.info(
+            "downloaded and hashed %d bytes in %.2f s (up to %d connections)",
+            nar.size,
+            time.monotonic() - t0,
+            run.peak,
+        )
         installed = _finish(root, staging, name, spec, nar, options, {"source": "hub"})
         if run.last_byte_at is not None:
             logger.info(

@@ -52,6 +52,15 @@ CONNECTIONS_ENV = "MODEL_PULL_CONNECTIONS"
 # 20 connections at the 64 MB/s a CDN commonly allows one connection fill a 10 Gb/s link.
 DEFAULT_CONNECTIONS = 20
 MAX_CONNECTIONS = 128
+# Connections are opened as they pay: a download starts with MIN_CONNECTIONS and doubles them
+# every TUNE_EVERY seconds, up to the configured number, while each doubling brings more bytes
+# per second (GAIN of what the new connections would add if each got what the others get).
+# Where the CPU, not the network, is the limit, more connections only take CPU from the hashing
+# and the receiving (a 2-core machine pulls 1 GiB from loopback fastest over 1-2 connections).
+MIN_CONNECTIONS = 2
+TUNE_EVERY = 0.25
+GAIN = 0.25
+PROBE_EVERY = 2.0  # after a doubling that did not pay, how often another is tried
 ATTEMPTS = 3  # requests in a row that bring no byte before a range is given up
 _MAGIC = b"mp-ranges-v1\0\0\0\0"
 _HEADER = struct.Struct("<16sQQ")
@@ -201,6 +210,7 @@ class Job:
     hashed: int = 0  # bytes from offset 0 its reader has read
     on_hashed: Callable[[int, float], None] | None = None  # (bytes read, seconds waited)
     front: int = 0  # index of the first range that is not complete
+    wanted: int = 0  # the offset a waiting reader needs on disk (0: nobody waits for bytes)
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     @property
@@ -213,11 +223,14 @@ class Job:
         return r.start + r.done
 
     def advanced(self) -> None:
+        """Bytes arrived at the front: wake the reader once what it waits for is there (not at
+        every chunk), and whoever waits for the file at its end."""
         with self.cond:
             ranges = self.part.ranges
             while self.front < len(ranges) and ranges[self.front].complete:
                 self.front += 1
-            self.cond.notify_all()
+            if self.front >= len(ranges) or (self.wanted and self.available >= self.wanted):
+                self.cond.notify_all()
 
     def reader(self, cancel: threading.Event) -> JobReader:
         return JobReader(self, cancel)
@@ -240,10 +253,14 @@ class JobReader:
         with job.cond:
             if job.available < self.offset + want:
                 t0 = time.monotonic()
-                while job.available < self.offset + want:
-                    if job.error is not None or self.cancel.is_set():
-                        raise CancelledError(job.rel)
-                    job.cond.wait(0.2)
+                job.wanted = self.offset + want
+                try:
+                    while job.available < self.offset + want:
+                        if job.error is not None or self.cancel.is_set():
+                            raise CancelledError(job.rel)
+                        job.cond.wait(0.2)
+                finally:
+                    job.wanted = 0
                 waited = time.monotonic() - t0
         n = os.preadv(job.part.fd, [memoryview(buf)[:want]], self.offset)
         if n <= 0:
@@ -260,7 +277,9 @@ class _RetryableError(Exception):
 
 
 class Transfer:
-    """Runs `jobs` on `connections` worker threads (daemons: Ctrl-C never waits for them)."""
+    """Runs `jobs` on up to `connections` worker threads (daemons: Ctrl-C never waits for
+    them). With a `lead` (someone hashes the bytes as they arrive), a tuner thread sets how
+    many run, from `MIN_CONNECTIONS` up, by what each doubling brings (`_tune`)."""
 
     def __init__(
         self,
@@ -286,6 +305,13 @@ class Transfer:
         self._hash_t0: float | None = None
         self._hash_bytes = 0
         self._hash_waited = 0.0
+        self._blocked_at: int | None = None  # where a range waits for the hashing to catch up
+        self._lead_waited = 0.0  # seconds workers spent waiting for the hashing, summed
+        self._got = 0  # bytes written by the workers (under _counted)
+        self._counted = threading.Lock()
+        self._active = connections if lead is None else min(connections, MIN_CONNECTIONS)
+        self._live = 0  # workers running
+        self.peak = 0  # the most workers that ran at once
         self.cancel = threading.Event()
         self.on_bytes = on_bytes
         self.on_file = on_file
@@ -300,16 +326,81 @@ class Transfer:
         for job in self.jobs:
             if not job.part.complete and all(r.complete for r in job.part.ranges):
                 job.part.finish()  # an earlier run was stopped between its last byte and this
+            job.advanced()  # past the ranges an earlier run completed
             if job.part.complete:
-                job.advanced()
                 self.on_file(job)
-        pending = sum(
-            1 for j in self.jobs for r in j.part.ranges if not r.complete and not j.part.complete
+        with self._lock:
+            self._spawn()
+        if self._active < self.connections and self._work_left():
+            threading.Thread(target=self._tune, name="download-tuner", daemon=True).start()
+
+    def _work_left(self) -> bool:
+        """Some range is neither complete nor taken (call under the lock, or before start)."""
+        return any(
+            not r.complete and not r.taken
+            for job in self.jobs
+            if not job.part.complete and job.error is None
+            for r in job.part.ranges[job.front :]
         )
-        for i in range(max(1, min(self.connections, pending))):
-            t = threading.Thread(target=self._worker, name=f"download-{i}", daemon=True)
-            t.start()
+
+    def _spawn(self) -> None:
+        """Start workers up to the number wanted now (under the lock)."""
+        pending = sum(
+            1
+            for j in self.jobs
+            if not j.part.complete
+            for r in j.part.ranges[j.front :]
+            if not r.complete and not r.taken
+        )
+        want = min(self._active, self._live + pending)
+        while self._live < want:
+            t = threading.Thread(
+                target=self._worker, name=f"download-{len(self._threads)}", daemon=True
+            )
             self._threads.append(t)
+            self._live += 1
+            t.start()
+        self.peak = max(self.peak, self._live)
+
+    def _tune(self) -> None:
+        """Every TUNE_EVERY seconds, judge the bytes per second. A step up (doubling) is kept
+        when it brought at least GAIN of what its connections would bring if each added its
+        share, else the workers go back to the number before. Steps follow each other until
+        one does not pay, then one is tried every PROBE_EVERY seconds. No step while the
+        workers wait for the hashing: more bytes could not be used."""
+        growing = True
+        before: tuple[int, float] | None = None  # (workers, rate) before the step being judged
+        then = last_step = time.monotonic()
+        got, waited = self._got, self._lead_waited
+        while not self.cancel.wait(TUNE_EVERY):
+            with self._lock:
+                if not self._work_left():
+                    return
+                now = time.monotonic()
+                rate = (self._got - got) / max(now - then, 1e-3)
+                held = self._lead_waited - waited > 0.5 * (now - then)
+                got, waited, then = self._got, self._lead_waited, now
+                n = self._active
+                if before is not None:
+                    n_was, rate_was = before
+                    before = None
+                    if rate >= rate_was * (1 + GAIN * (n / n_was - 1)):
+                        growing = True
+                    else:
+                        n, growing = n_was, False
+                elif (
+                    (growing or now - last_step >= PROBE_EVERY)
+                    and n < self.connections
+                    and not held
+                ):
+                    before, last_step = (n, rate), now
+                    n = min(self.connections, 2 * n)
+                if n != self._active:
+                    logger.debug("connections: %d -> %d (%.0f MB/s)", self._active, n, rate / 1e6)
+                self._active = n
+                if self._live > n:
+                    self._lock.notify_all()  # waiting workers beyond the number leave now
+                self._spawn()
 
     def _next(self) -> tuple[Job, list[Range]] | None:
         """The next work in order: a range, a whole file (a server without ranges, Xet), or
@@ -317,45 +408,60 @@ class Transfer:
         first response has not said yet whether its server honours ranges."""
         with self._lock:
             while True:
-                if self.cancel.is_set():
+                if self.cancel.is_set() or self._live > self._active:
+                    self._live -= 1
                     return None
-                waiting = False
+                waiting = lead_bound = False
                 lead = self._lead()
                 limit = self._read_up_to() + lead if lead is not None else None
                 for job, start in zip(self.jobs, self._starts, strict=True):
                     if job.part.complete or job.error is not None:
                         continue
-                    todo = [r for r in job.part.ranges if not r.complete and not r.taken]
+                    # Ranges before the front are complete, and ranges are taken in order:
+                    # the first untaken one is at most `connections` ranges past the front.
+                    todo = [
+                        r for r in job.part.ranges[job.front :] if not r.complete and not r.taken
+                    ]
                     if not todo:
                         continue
                     if limit is not None and job.xet is None and start + todo[0].start >= limit:
-                        waiting = True  # far enough ahead of the hashing for now
+                        waiting = lead_bound = True  # far enough ahead of the hashing for now
+                        self._blocked_at = start + todo[0].start
                         break
                     if job.xet is not None or job.mode == "single":
                         for r in todo:
                             r.taken = True
                         return job, todo
-                    if job.mode == "unknown":
-                        if any(r.taken for r in job.part.ranges if not r.complete):
-                            waiting = True  # its first request is out: wait for the answer
-                            continue
-                        todo[0].taken = True
-                        return job, todo[:1]
+                    if job.mode == "unknown" and any(r.taken for r in job.part.ranges[job.front :]):
+                        waiting = True  # its first request is out: wait for the answer
+                        continue
                     todo[0].taken = True
+                    if len(todo) > 1:
+                        self._lock.notify()  # a waiting worker may find the next range open
                     return job, todo[:1]
                 if not waiting:
+                    self._live -= 1
                     return None
+                t0 = time.monotonic()
                 self._lock.wait(0.2)
+                if lead_bound:
+                    self._lead_waited += time.monotonic() - t0
 
     def _hashed(self, n: int, waited: float) -> None:
-        """A reader read `n` bytes after waiting `waited` seconds for them."""
+        """A reader read `n` bytes after waiting `waited` seconds for them. Wakes one worker
+        when the lead now reaches a range that one had to leave for later (it wakes the next)."""
         with self._lock:
             now = time.monotonic()
             if self._hash_t0 is None:
                 self._hash_t0 = now - waited
             self._hash_bytes += n
             self._hash_waited += waited
-            self._lock.notify_all()
+            lead = self._lead()
+            if self._blocked_at is not None and (
+                lead is None or self._read_up_to() + lead > self._blocked_at
+            ):
+                self._blocked_at = None
+                self._lock.notify()
 
     def _lead(self) -> int | None:
         """How far ahead of the readers a range may start now: LEAD, or what the readers
@@ -398,13 +504,15 @@ class Transfer:
                     else:
                         self._fetch(job, ranges)
             except BaseException as exc:
-                self._fail(job, exc)
-                return
-            finally:
                 for r in ranges:
                     r.taken = False
-                self._release()
-            if all(r.complete for r in job.part.ranges) and not job.part.complete:
+                self._fail(job, exc)
+                with self._lock:
+                    self._live -= 1
+                return
+            for r in ranges:
+                r.taken = False
+            if job.front >= len(job.part.ranges) and not job.part.complete:
                 self._complete(job)
 
     def _complete(self, job: Job) -> None:
@@ -449,9 +557,12 @@ class Transfer:
 
     def wait(self) -> None:
         """Until every file is complete; the first error as it was raised."""
-        for t in self._threads:
-            while t.is_alive():
-                t.join(0.2)
+        while True:
+            with self._lock:  # the tuner may start workers until the last range is taken
+                running = [t for t in self._threads if t.is_alive()]
+            if not running:
+                break
+            running[0].join(0.2)
         if self.error is not None:
             raise self.error
         if self.cancel.is_set():
@@ -607,6 +718,8 @@ class Transfer:
                 n = min(len(view), r.end - position)
                 job.part.write(r, view[:n])
                 self.last_byte_at = time.monotonic()
+                with self._counted:
+                    self._got += n
                 self.on_bytes(n)
                 view, position = view[n:], position + n
                 if r.index == job.front or r.complete:
