@@ -128,8 +128,25 @@ def ssl_context() -> Any:
     return _ssl
 
 
+# Bytes asked of the socket per read of a response body. httpcore reads 64 KiB at a time
+# (HTTP11Connection.READ_NUM_BYTES; its maintainers measured the cost per byte falling with the
+# size, encode/httpcore#135); a 1 GiB download then passes 16384 chunks through h11, each
+# its Python overhead. 256 KiB cuts a CPU-bound 1 GiB fetch by about a seventh (bench/line_rate.py).
+READ_SIZE = 256 << 10
+
+
+def _larger_reads() -> None:
+    with contextlib.suppress(ImportError, AttributeError):
+        from httpcore2._sync.http11 import HTTP11Connection
+
+        if isinstance(HTTP11Connection.READ_NUM_BYTES, int):
+            HTTP11Connection.READ_NUM_BYTES = max(HTTP11Connection.READ_NUM_BYTES, READ_SIZE)
+
+
 def _client() -> httpx2.Client:
     import httpx2
+
+    _larger_reads()
 
     hooks: list[Any] = []
     with contextlib.suppress(ImportError):  # the library's own: offline mode, request ids
