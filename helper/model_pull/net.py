@@ -321,10 +321,16 @@ def transport_errors(what: str, where: str) -> Iterator[None]:
     try:
         yield
     except httpx2.TimeoutException as exc:
-        kind = "connect to" if isinstance(exc, httpx2.ConnectTimeout) else "hear from"
+        # What the last try met (a metadata request is tried API_ATTEMPTS times, so the whole
+        # wait can be longer: the message does not promise a total).
+        said = (
+            f"could not connect to {where} in {min(CONNECT_TIMEOUT, read_timeout()):g} s"
+            if isinstance(exc, httpx2.ConnectTimeout)
+            else f"{where} sent no byte for {read_timeout():g} s"
+        )
         raise ModelPullError(
             ExitCode.UNREACHABLE,
-            f"{what}: could not {kind} {where} within {read_timeout():g} s",
+            f"{what}: {said}",
             hint=f"check the network or the mirror; {TIMEOUT_ENV} sets the timeout",
         ) from exc
     except httpx2.TooManyRedirects as exc:
