@@ -88,7 +88,8 @@ def test_every_command_looks_in_the_root_the_manifest_declares(declared):
 def test_the_option_then_the_environment_then_the_manifest(declared, tmp_path: Path):
     env, root, _ = declared
     other = tmp_path / "other"
-    assert ok_json({**env, "MODEL_PULL_ROOT": str(other)}, "list")["models"] == []
+    from_env = run({**env, "MODEL_PULL_ROOT": str(other)}, "list")
+    assert from_env.returncode == 20 and f"no state root at {other}" in from_env.stderr
     listed = ok_json({**env, "MODEL_PULL_ROOT": str(other)}, "list", "--root", str(root))
     assert [m["name"] for m in listed["models"]] == ["tiny-llama"]
     before = ok_json({**env, "MODEL_PULL_ROOT": str(other)}, "--root", str(root), "list")
@@ -101,3 +102,19 @@ def test_the_option_then_the_environment_then_the_manifest(declared, tmp_path: P
     )
     # The option was taken: a root that does not exist is nothing verified, not success.
     assert p.returncode == 20 and f"no state root at {other}" in p.stderr
+
+
+@pytest.mark.parametrize("command", [["list"], ["gc"], ["rollback", "tiny-llama"], ["verify"]])
+def test_a_root_that_does_not_exist_is_said_and_not_made(tmp_path: Path, command: list[str]):
+    """A mistyped --root: one line and exit 20 (NOT_INSTALLED), not an empty listing or a
+    collection that made the directory as root."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_PULL")}
+    env["MODEL_PULL_MANIFEST"] = str(tmp_path / "absent.json")
+    typo = tmp_path / "inferenec"
+    p = run(env, *command, "--root", str(typo))
+    assert p.returncode == 20, p.stderr
+    assert p.stderr.strip().splitlines() == [
+        f"error: no state root at {typo}: nothing was ever installed there "
+        "(check --root and MODEL_PULL_ROOT)"
+    ]
+    assert not typo.exists()

@@ -82,6 +82,19 @@ def _state(root: Path | None) -> StateRoot:
     return StateRoot(_root(root)).check()
 
 
+def _existing_state(root: Path | None) -> StateRoot:
+    """The state root for a command that only reads or removes: one that does not exist is a
+    mistyped --root (or nothing was pulled), said as such, and is not made."""
+    state = _state(root)
+    if not state.path.exists():
+        raise ModelPullError(
+            ExitCode.NOT_INSTALLED,
+            f"no state root at {state.path}: nothing was ever installed there",
+            hint="check --root and MODEL_PULL_ROOT",
+        )
+    return state
+
+
 def _emit(data: Mapping[str, Any]) -> None:
     """One JSON object on stdout (its type: output.py)."""
     click.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -627,13 +640,7 @@ def verify(names: tuple[str, ...], root: Path | None, as_json: bool) -> None:
     """Re-hash installed entries: every byte must still match its content address."""
     from model_pull.verify import verify_entries
 
-    state = _state(root)
-    if not state.path.exists():
-        raise ModelPullError(
-            ExitCode.NOT_INSTALLED,
-            f"no state root at {state.path}: nothing was ever installed there",
-            hint="check --root and MODEL_PULL_ROOT",
-        )
+    state = _existing_state(root)
     results = verify_entries(state, list(names))
     if not results:
         click.echo(f"no models in {state.path}: nothing to verify", err=True)
@@ -660,7 +667,7 @@ def verify(names: tuple[str, ...], root: Path | None, as_json: bool) -> None:
 @_json_option
 def list_cmd(root: Path | None, as_json: bool) -> None:
     """Installed models and their current entries."""
-    state = _state(root)
+    state = _existing_state(root)
     rows: list[ListedJson] = []
     for name in state.names():
         entry = state.current(name)
@@ -715,7 +722,7 @@ def gc(keep: int | None, downloads: bool, root: Path | None, as_json: bool) -> N
     pin reaches stays until that by-hash/ link is removed. Downloads an interrupted pull left
     stay too (the next pull resumes them), unless --downloads.
     """
-    state = _state(root)
+    state = _existing_state(root)
     with state.lock(wait=True):
         removed = state.gc(keep, downloads=downloads)
     if as_json:
@@ -736,7 +743,7 @@ def rollback(name: str, root: Path | None, as_json: bool) -> None:
     A model the NixOS manifest pins (narHash) is served from its pin, not from models/NAME:
     rolling it back means changing the pin, which this says how to do.
     """
-    state = _state(root)
+    state = _existing_state(root)
     refuse_if_pinned(state, name)
     with state.lock(wait=True):
         before, after = state.rollback(name)
