@@ -10,6 +10,7 @@ apt_packages=(
   nix-bin                                                        # hashes/store paths checked by the real Nix
   systemd-container dbus util-linux                              # real systemd in a throwaway container
   jq git ca-certificates
+  curl                                                           # the benchmarks' reference client (tests/test_benches.py)
 )
 missing=()
 for p in "${apt_packages[@]}"; do
