@@ -410,6 +410,7 @@ class Transfer:
             while True:
                 if self.cancel.is_set() or self._live > self._active:
                     self._live -= 1
+                    self._lock.notify()  # pass on a wake-up this worker will not use
                     return None
                 waiting = lead_bound = False
                 lead = self._lead()
