@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import struct
@@ -307,8 +308,6 @@ class Transfer:
         self._hash_waited = 0.0
         self._blocked_at: int | None = None  # where a range waits for the hashing to catch up
         self._lead_waited = 0.0  # seconds workers spent waiting for the hashing, summed
-        self._got = 0  # bytes written by the workers (under _counted)
-        self._counted = threading.Lock()
         self._active = connections if lead is None else min(connections, MIN_CONNECTIONS)
         self._live = 0  # workers running
         self.peak = 0  # the most workers that ran at once
@@ -331,28 +330,21 @@ class Transfer:
                 self.on_file(job)
         with self._lock:
             self._spawn()
-        if self._active < self.connections and self._work_left():
+        if self._active < self.connections and self._untaken():
             threading.Thread(target=self._tune, name="download-tuner", daemon=True).start()
 
-    def _work_left(self) -> bool:
-        """Some range is neither complete nor taken (call under the lock, or before start)."""
-        return any(
-            not r.complete and not r.taken
+    def _untaken(self) -> int:
+        """Ranges neither complete nor taken (call under the lock, or before start)."""
+        return sum(
+            1
             for job in self.jobs
             if not job.part.complete and job.error is None
-            for r in job.part.ranges[job.front :]
+            for r in _open_ranges(job)
         )
 
     def _spawn(self) -> None:
         """Start workers up to the number wanted now (under the lock)."""
-        pending = sum(
-            1
-            for j in self.jobs
-            if not j.part.complete
-            for r in j.part.ranges[j.front :]
-            if not r.complete and not r.taken
-        )
-        want = min(self._active, self._live + pending)
+        want = min(self._active, self._live + self._untaken())
         while self._live < want:
             t = threading.Thread(
                 target=self._worker, name=f"download-{len(self._threads)}", daemon=True
@@ -371,15 +363,15 @@ class Transfer:
         growing = True
         before: tuple[int, float] | None = None  # (workers, rate) before the step being judged
         then = last_step = time.monotonic()
-        got, waited = self._got, self._lead_waited
+        got, waited = self._on_disk(), self._lead_waited
         while not self.cancel.wait(TUNE_EVERY):
             with self._lock:
-                if not self._work_left():
+                if not self._untaken():
                     return
-                now = time.monotonic()
-                rate = (self._got - got) / max(now - then, 1e-3)
+                now, on_disk = time.monotonic(), self._on_disk()
+                rate = (on_disk - got) / max(now - then, 1e-3)
                 held = self._lead_waited - waited > 0.5 * (now - then)
-                got, waited, then = self._got, self._lead_waited, now
+                got, waited, then = on_disk, self._lead_waited, now
                 n = self._active
                 if before is not None:
                     n_was, rate_was = before
@@ -402,6 +394,9 @@ class Transfer:
                     self._lock.notify_all()  # waiting workers beyond the number leave now
                 self._spawn()
 
+    def _on_disk(self) -> int:
+        return sum(job.part.bytes_on_disk for job in self.jobs)
+
     def _next(self) -> tuple[Job, list[Range]] | None:
         """The next work in order: a range, a whole file (a server without ranges, Xet), or
         None when nothing is left. Waits while the only work left belongs to a file whose
@@ -418,28 +413,28 @@ class Transfer:
                 for job, start in zip(self.jobs, self._starts, strict=True):
                     if job.part.complete or job.error is not None:
                         continue
-                    # Ranges before the front are complete, and ranges are taken in order:
-                    # the first untaken one is at most `connections` ranges past the front.
-                    todo = [
-                        r for r in job.part.ranges[job.front :] if not r.complete and not r.taken
-                    ]
-                    if not todo:
+                    todo = _open_ranges(job)
+                    first = next(todo, None)
+                    if first is None:
                         continue
-                    if limit is not None and job.xet is None and start + todo[0].start >= limit:
+                    if limit is not None and job.xet is None and start + first.start >= limit:
                         waiting = lead_bound = True  # far enough ahead of the hashing for now
-                        self._blocked_at = start + todo[0].start
+                        self._blocked_at = start + first.start
                         break
                     if job.xet is not None or job.mode == "single":
-                        for r in todo:
+                        whole = [first, *todo]
+                        for r in whole:
                             r.taken = True
-                        return job, todo
-                    if job.mode == "unknown" and any(r.taken for r in job.part.ranges[job.front :]):
+                        return job, whole
+                    if job.mode == "unknown" and any(
+                        r.taken for r in job.part.ranges if not r.complete
+                    ):
                         waiting = True  # its first request is out: wait for the answer
                         continue
-                    todo[0].taken = True
-                    if len(todo) > 1:
+                    first.taken = True
+                    if next(todo, None) is not None:
                         self._lock.notify()  # a waiting worker may find the next range open
-                    return job, todo[:1]
+                    return job, [first]
                 if not waiting:
                     self._live -= 1
                     return None
@@ -719,14 +714,22 @@ class Transfer:
                 n = min(len(view), r.end - position)
                 job.part.write(r, view[:n])
                 self.last_byte_at = time.monotonic()
-                with self._counted:
-                    self._got += n
                 self.on_bytes(n)
                 view, position = view[n:], position + n
                 if r.index == job.front or r.complete:
                     job.advanced()
         if not all(r.complete for r in ranges):
             raise _RetryableError(f"the body ended at byte {position} of {ranges[-1].end}")
+
+
+def _open_ranges(job: Job) -> Iterator[Range]:
+    """A job's ranges neither complete nor taken, in order. Those before the front are complete
+    and ranges are taken in order, so the first comes within `connections` of the front."""
+    return (
+        r
+        for r in itertools.islice(job.part.ranges, job.front, None)
+        if not r.complete and not r.taken
+    )
 
 
 def _size_error(job: Job, got: int | None, *, longer: bool = False) -> ModelPullError:
