@@ -380,22 +380,7 @@ rec {
       healthPath, # answers 200 once the server can serve (the on-demand readiness gate)
     }:
     let
-      onDemandArgs = name: inst: {
-        inherit pkgs;
-        inherit (inst) onDemand gpus;
-        unit = unitName name;
-        service = mkService name inst;
-        listeners = [
-          {
-            name = "";
-            inherit (inst) host port;
-          }
-        ];
-        health = {
-          inherit (inst) port;
-          path = healthPath;
-        };
-      };
+      onDemandArgs = onePortOnDemand { inherit pkgs unitName mkService healthPath; };
     in
     {
       assertions = lib.concatLists (
@@ -434,6 +419,32 @@ rec {
     };
 
   # host, port and openFirewall of a server instance, the same in every runtime module.
+  # What `onDemandUnits` takes for an instance that serves one port (`host`, `port`) and is
+  # ready once `healthPath` answers 200 there.
+  onePortOnDemand =
+    {
+      pkgs,
+      unitName,
+      mkService,
+      healthPath,
+    }:
+    name: inst: {
+      inherit pkgs;
+      inherit (inst) onDemand gpus;
+      unit = unitName name;
+      service = mkService name inst;
+      listeners = [
+        {
+          name = "";
+          inherit (inst) host port;
+        }
+      ];
+      health = {
+        inherit (inst) port;
+        path = healthPath;
+      };
+    };
+
   listenOptions =
     { port, portDescription }:
     {

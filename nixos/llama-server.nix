@@ -197,22 +197,9 @@ let
         };
     };
 
-  onDemandArgs = name: inst: {
-    inherit pkgs;
-    inherit (inst) onDemand gpus;
-    unit = unitName name;
-    service = mkService name inst;
-    listeners = [
-      {
-        name = "";
-        inherit (inst) host port;
-      }
-    ];
-    # 503 while the model loads, 200 once it serves.
-    health = {
-      inherit (inst) port;
-      path = "/health";
-    };
+  onDemandArgs = ilib.onePortOnDemand {
+    inherit pkgs unitName mkService;
+    healthPath = "/health"; # 503 while the model loads, 200 once it serves
   };
 
   declaredGguf =
