@@ -6,6 +6,7 @@ Ranges are made small here (64 KiB) so that a 1 MiB body has sixteen of them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import os
@@ -22,44 +23,77 @@ from model_pull.hashing import CHUNK, Hasher, file_hashes, nar_hash
 
 BODY = os.urandom((1 << 20) + 4321)
 RANGE = 64 << 10
+BIG = os.urandom(40 << 20)  # the connection tests: 40 ranges of 1 MiB
+BIG_RANGE = 1 << 20
+
+
+class _Pace:
+    """Bytes per second for one connection, or shared by all (a saturated link)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.lock = threading.Lock()
+        self.free_at = 0.0
+
+    def take(self, n: int) -> None:
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.free_at)
+            self.free_at = start + n / self.rate
+        time.sleep(max(0.0, self.free_at - now))
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    body = BODY
     honour_range = True
+    per_connection: float | None = None  # bytes/s each connection gets
+    link: _Pace | None = None  # bytes/s all connections share
     asked: list[str | None] = []  # noqa: RUF012 (one list per server, see the fixture)
 
     def do_GET(self) -> None:
         rng = self.headers.get("Range")
         self.asked.append(rng)
-        start, end = 0, len(BODY) - 1
+        start, end = 0, len(self.body) - 1
         if rng and self.honour_range:
             a, _, b = rng.removeprefix("bytes=").partition("-")
-            start, end = int(a), int(b) if b else len(BODY) - 1
-        body = BODY[start : end + 1]
+            start, end = int(a), int(b) if b else len(self.body) - 1
+        body = memoryview(self.body)[start : end + 1]
         partial = bool(rng and self.honour_range)
         self.send_response(206 if partial else 200)
         self.send_header("Content-Length", str(len(body)))
         if partial:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(BODY)}")
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(self.body)}")
         self.end_headers()
-        self.wfile.write(body)
+        own = _Pace(self.per_connection) if self.per_connection else None
+        for i in range(0, len(body), 64 << 10):
+            piece = body[i : i + (64 << 10)]
+            for pace in (own, self.link):
+                if pace is not None:
+                    pace.take(len(piece))
+            self.wfile.write(piece)
 
     def log_message(self, *args: object) -> None:
         pass
 
 
-@pytest.fixture
-def server() -> Iterator[tuple[str, type[_Handler]]]:
-    handler = type("Handler", (_Handler,), {"asked": []})
+@contextlib.contextmanager
+def _serving(handler: type[_Handler]) -> Iterator[str]:
+    """`handler` on loopback: the URL of its body."""
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/blob", handler
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/blob"
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, type[_Handler]]]:
+    handler = type("Handler", (_Handler,), {"asked": []})
+    with _serving(handler) as url:
+        yield url, handler
 
 
 def job_for(url: str, tmp_path: Path) -> transfer.Job:
@@ -189,67 +223,20 @@ def test_per_file_hashes_in_the_nar_read_cover_every_chunk(tmp_path: Path) -> No
 
 # --- how many connections: as many as pay -------------------------------------------------
 
-BIG = os.urandom(40 << 20)
-BIG_RANGE = 1 << 20
 
-
-class _Pace:
-    """Bytes per second for one connection, or shared by all (a saturated link)."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.lock = threading.Lock()
-        self.free_at = 0.0
-
-    def take(self, n: int) -> None:
-        with self.lock:
-            now = time.monotonic()
-            start = max(now, self.free_at)
-            self.free_at = start + n / self.rate
-        time.sleep(max(0.0, self.free_at - now))
-
-
-class _Throttled(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    per_connection: float | None = None
-    link: _Pace | None = None
-
-    def do_GET(self) -> None:
-        a, _, b = str(self.headers["Range"]).removeprefix("bytes=").partition("-")
-        body = memoryview(BIG)[int(a) : int(b) + 1]
-        self.send_response(206)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Content-Range", f"bytes {a}-{b}/{len(BIG)}")
-        self.end_headers()
-        own = _Pace(self.per_connection) if self.per_connection else None
-        for i in range(0, len(body), 64 << 10):
-            piece = body[i : i + (64 << 10)]
-            for pace in (own, self.link):
-                if pace is not None:
-                    pace.take(len(piece))
-            self.wfile.write(piece)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def _download_while_hashing(tmp_path: Path, handler: type[_Throttled]) -> transfer.Transfer:
-    """Up to 16 connections to `handler`'s server, hashed while it arrives (as pull.py does)."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
+def _download_while_hashing(tmp_path: Path, **throttle: object) -> transfer.Transfer:
+    """Up to 16 connections to a server of BIG throttled so, hashed while it arrives (as
+    pull.py does)."""
+    handler = type("Throttled", (_Handler,), {"asked": [], "body": BIG, **throttle})
+    with _serving(handler) as url:
         part = transfer.Part(tmp_path, "big", len(BIG), BIG_RANGE)
         part.open()
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/big"
         job = transfer.Job("big", len(BIG), url, {}, part)
         run = transfer.Transfer([job], 16, lead=transfer.LEAD)
         with transfer.running(run):
             sha256, _ = file_hashes(job.reader(run.cancel), job.size)
             run.wait()
         part.close()
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert sha256 == hashlib.sha256(BIG).hexdigest()
     return run
 
@@ -257,13 +244,11 @@ def _download_while_hashing(tmp_path: Path, handler: type[_Throttled]) -> transf
 def test_connections_are_added_while_each_brings_its_share(tmp_path):
     """A server that gives each connection 4 MB/s (as a CDN limits each): every doubling
     doubles the bytes per second, so the download goes up to all 16 connections."""
-    handler = type("PerConnection", (_Throttled,), {"per_connection": 4e6})
-    assert _download_while_hashing(tmp_path, handler).peak == 16
+    assert _download_while_hashing(tmp_path, per_connection=4e6).peak == 16
 
 
 def test_a_saturated_link_is_not_given_more_connections(tmp_path):
     """16 MB/s shared by every connection (the link, or the CPU, is the limit): a doubling
     brings nothing and is undone; the download never opens all 16 connections."""
-    handler = type("Saturated", (_Throttled,), {"link": _Pace(16e6)})
-    run = _download_while_hashing(tmp_path, handler)
+    run = _download_while_hashing(tmp_path, link=_Pace(16e6))
     assert run.peak <= 8
