@@ -38,9 +38,8 @@ class _Pace:
     def take(self, n: int) -> None:
         with self.lock:
             now = time.monotonic()
-            start = max(now, self.free_at)
-            self.free_at = start + n / self.rate
-        time.sleep(max(0.0, self.free_at - now))
+            until = self.free_at = max(now, self.free_at) + n / self.rate
+        time.sleep(max(0.0, until - now))
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
