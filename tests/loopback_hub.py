@@ -227,6 +227,10 @@ class _Trickle:
     def flush(self) -> None:
         self.out.flush()
 
+    @property
+    def closed(self) -> bool:  # socketserver asks when the request ends
+        return bool(self.out.closed)
+
 
 class FaultyHandler(Handler):
     """Sends a file's bytes as its fault says, counting them; records every request; answers
